@@ -1,0 +1,5 @@
+"""python -m edgetl --help"""
+
+from edgetl.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The user-facing error types. Only `cli.py` turns them into an exit code and a one-line message.
+
+    raise RecipeError("recipes/x.toml: phases.0.epochs: must be > 0 (got -1)")
+"""
+
+
+class EdgetlError(Exception):
+    """A mistake in the user's input or environment: the message names the problem and the fix."""
+
+    exit_code = 2
+
+
+class RecipeError(EdgetlError):
+    """A recipe file or flag is invalid."""
+
+
+class BackboneError(EdgetlError):
+    """An unknown backbone name."""
+
+
+class WeightsError(EdgetlError):
+    """Pretrained weights cannot be resolved or do not fit the model."""
+
+
+class DataError(EdgetlError):
+    """The dataset is unusable (missing folder, too few classes, empty class...)."""
+
+
+class RunDirError(EdgetlError):
+    """A run directory is missing files or holds damaged ones."""
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint is missing, damaged or belongs to another model."""
+
+
+class TrainingError(EdgetlError):
+    """Training cannot continue (non-finite loss...)."""
+
+    exit_code = 1
+
+
+class ExportError(EdgetlError):
+    """An export step failed; the previous export is left intact."""
+
+    exit_code = 1
+
+
+class VerifyFailed(EdgetlError):
+    """A verification bar failed (exit code 1, the CI gate)."""
+
+    exit_code = 1

@@ -1,0 +1,189 @@
+"""Recipes: the typed, validated description of a fine-tuning run (TOML in `recipes/`).
+
+    recipe = load_recipe("efficientnet_lite0", overrides={"seed": 1}, epochs_scale=0.5)
+
+A recipe is a list of phases; each phase names what trains (`head`, `last:N`, `all`), its learning rates,
+schedule and BatchNorm policy. Unknown keys and bad values are refused with one line per field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgetl.errors import BackboneError, RecipeError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"  # a link to the top-level recipes/ folder; shipped as package data
+
+_TRAIN_SPEC = re.compile(r"^(head|all|last:([1-9][0-9]*))$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class Phase(_Strict):
+    """One phase of the progressive recipe."""
+
+    name: str
+    epochs: int = Field(gt=0)
+    train: str = "head"  # "head" | "last:N" (head + the last N backbone groups) | "all"
+    lr: float = Field(1e-4, gt=0)  # rate of the deepest trainable backbone group
+    lr_decay: float = Field(1.0, gt=0, le=1)  # per group towards the input: discriminative rates
+    head_lr: float = Field(1e-3, gt=0)
+    group_lr: dict[str, float] = {}  # explicit rates by group name; win over lr/lr_decay
+    warmup_epochs: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    bn: Literal["frozen", "train"] = "frozen"  # frozen: eval-mode statistics and frozen affine
+    augment: bool = True  # off in a head-only phase lets the frozen backbone's features be cached
+
+    @field_validator("train")
+    @classmethod
+    def _train_spec(cls, v: str) -> str:
+        if not _TRAIN_SPEC.match(v):
+            raise ValueError("must be 'head', 'all' or 'last:N' with N >= 1")
+        return v
+
+    @field_validator("group_lr")
+    @classmethod
+    def _positive_rates(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, r in v.items() if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0)]
+        if bad:
+            raise ValueError(f"rates must be finite and > 0 (bad: {', '.join(bad)})")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Phase:
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+        return self
+
+    @property
+    def last_n(self) -> int | None:
+        """How many backbone groups train: None for all, 0 for head only."""
+        if self.train == "all":
+            return None
+        return 0 if self.train == "head" else int(self.train.split(":")[1])
+
+
+class LoraSection(_Strict):
+    """LoRA adapters: base weights frozen, only adapters (+ head, + norms if asked) train."""
+
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: ["pointwise"], min_length=1)  # pointwise | conv | linear | name patterns
+    allow_depthwise: bool = False
+    train_norms: bool = True  # norms of trainable groups train too (when the phase's bn policy is "train")
+
+
+class Recipe(_Strict):
+    backbone: str
+    weights: str = "imagenet"  # imagenet | none | a path to a state dict
+    data: str = "sample"  # sample | cifar10 | a folder
+    subset: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, ge=16, le=1024)  # input (crop) size; None: the weights' own
+    batch_size: int = Field(32, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.01, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(3, ge=0)  # early stopping on val loss within a phase; 0 disables
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    lora: LoraSection | None = None
+    phases: list[Phase] = Field(min_length=1)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from edgetl.backbones import get_backbone
+
+        try:
+            get_backbone(v)
+        except BackboneError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _unique_phase_names(self) -> Recipe:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique (got {names})")
+        return self
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(exclude_none=True))
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: the recipe hash the manifest carries."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "recipe"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = f" (got {e['input']!r})" if e["type"] not in ("missing", "model_type") and not isinstance(e["input"], dict) else ""
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key — check the spelling against `edgetl recipes` / the README's recipe reference"
+        lines.append(f"{source}: {where}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def known_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.toml"))}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe name (`quickstart`, shipped with the package) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} not found")
+        return path
+    known = known_recipes()
+    if name_or_path in known:
+        return known[name_or_path]
+    hint = difflib.get_close_matches(name_or_path, list(known), n=1)
+    maybe = f" — did you mean {hint[0]!r}?" if hint else ""
+    raise RecipeError(f"unknown recipe {name_or_path!r}; known: {', '.join(known)}{maybe}, or a path to a .toml file")
+
+
+def parse_recipe(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(source, e)) from None
+
+
+def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, epochs_scale: float | None = None) -> Recipe:
+    """Load, apply CLI overrides (None values are ignored) and validate a recipe."""
+    path = find_recipe(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    lora = {k.removeprefix("lora_"): overrides.pop(k) for k in ("lora_rank", "lora_alpha") if k in overrides}
+    if lora:  # --lora-rank / --lora-alpha switch LoRA on (with the recipe's other [lora] settings, if any)
+        data["lora"] = {**(data.get("lora") or {}), **lora}
+    data.update(overrides)
+    if epochs_scale is not None:
+        if not (math.isfinite(epochs_scale) and epochs_scale > 0):
+            raise RecipeError(f"--epochs-scale must be > 0 (got {epochs_scale})")
+        for phase in data.get("phases", []):
+            if isinstance(phase, dict) and isinstance(phase.get("epochs"), int):
+                phase["epochs"] = max(1, round(phase["epochs"] * epochs_scale))
+                if "warmup_epochs" in phase:
+                    phase["warmup_epochs"] = phase["warmup_epochs"] * epochs_scale
+    return parse_recipe(data, source=str(path))

@@ -1,0 +1,137 @@
+"""Presentation only: rich tables and matplotlib plots of results other modules computed.
+
+    plot_curves(metrics, run_dir / "curves.png"); console.print(train_table(result))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from edgetl.files import atomic_path
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch for every phase, phase boundaries marked."""
+    if not metrics:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [m[f"train_{key}"] for m in metrics], "o-", label=f"train {label}")
+        ax.plot(epochs, [m[f"val_{key}"] for m in metrics], "s-", label=f"val {label}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    starts = [m for i, m in enumerate(metrics) if i == 0 or m["phase"] != metrics[i - 1]["phase"]]
+    for m in starts:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(m["epoch"] - 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.text(m["epoch"] - 0.45, 0.98, m["phase"], transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+    ax_acc.set_ylim(0, 1.02)
+    ax_loss.legend(loc="upper right")
+    ax_acc.legend(loc="lower right")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def train_table(result: Any) -> Table:
+    table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {result.run_dir}")
+    for col in ("phase", "epochs", "best val acc", "best val loss", "time"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for p in result.phases:
+        epochs = f"{p.epochs}/{p.planned_epochs}" + (" (early stop)" if p.stopped_early else "")
+        table.add_row(p.name, epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s")
+    table.add_section()
+    table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
+                  f"{result.seconds:.1f} s", style="bold")
+    return table
+
+
+# --- edgetl verify ------------------------------------------------------------------------------------------
+
+def _g(x: float | None, spec: str = ".2g") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def _size(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def parity_table(report: dict[str, Any]) -> Table:
+    """One row per artifact: its parity figures against the checkpoint and whether all its checks held."""
+    ref = report.get("reference") or {}
+    table = Table(title=f"edgetl verify · parity vs {ref.get('file', 'checkpoint')} · {_inputs_line(report)}")
+    for col in ("artifact", "precision", "max |Δ|", "mean |Δ|", "max rel", "softmax Δ", "top-1 agree",
+                "top-k overlap", "accuracy ref → file", "checks"):
+        table.add_column(col, justify="left" if col in ("artifact", "checks") else "right")
+    checks = report.get("checks", [])
+    for name in dict.fromkeys(c["artifact"] for c in checks):
+        mine = [c for c in checks if c["artifact"] == name]
+        failed = sum(not c["passed"] for c in mine)
+        status = f"[green]✓ {len(mine)}[/]" if not failed else f"[red]✗ {failed} of {len(mine)}[/]"
+        p = (report.get("parity") or {}).get(name)
+        precision = ((report.get("bars") or {}).get(name) or {}).get("precision", "")
+        if p is None:
+            table.add_row(name, precision, *["—"] * 7, status)
+            continue
+        table.add_row(name, precision, _g(p["max_abs_diff"]), _g(p["mean_abs_diff"]), _g(p["max_rel_diff"]),
+                      _g(p["softmax_max_diff"]), _pct(p["top1_agreement"]), f"{_pct(p['top5_overlap'])} (k={p['top5_k']})",
+                      f"{_pct(p['reference_accuracy'])} → {_pct(p['accuracy'])}", status)
+    return table
+
+
+def _inputs_line(report: dict[str, Any]) -> str:
+    i = report.get("inputs")
+    if not i:
+        return "integrity only"
+    return f"{i['images']} images ({i['source']}, {i['labelled']} labelled) + {i['random']} random"
+
+
+def latency_table(report: dict[str, Any]) -> Table:
+    """One row per (runtime, batch, threads), with the speed-up over PyTorch eager in the same setting."""
+    m = report.get("machine", {})
+    timing = (report.get("settings") or {}).get("timing", {})
+    table = Table(title=f"edgetl verify · latency on {m.get('cpu_model')} · {m.get('cores')} cores · "
+                        f"onnxruntime {m.get('onnxruntime')} · machine {m.get('id')}",
+                  caption=f"{timing.get('clock', '')}; memory: {timing.get('memory_method', '')}\n"
+                          f"ISA: {' '.join(m.get('isa', [])) or '—'}\n{_gate_line(report)}")
+    for col in ("runtime", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs eager", "cold start",
+                "first call", "RSS Δ", "file", "iters"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    gate = report.get("gate") or {}
+    for r in report.get("latency", []):
+        is_gate = gate and all(r[k] == gate[k] for k in ("runtime", "batch", "threads"))
+        table.add_row(r["runtime"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['speedup_vs_eager']:.2f}×",
+                      f"{r['cold_start_ms']:.0f} ms", f"{r['first_call_ms']:.1f} ms", f"{r['rss_delta_mb']:.0f} MiB",
+                      _size(r["file_bytes"]), str(r["iterations"]), style="bold" if is_gate else None)
+    return table
+
+
+def _gate_line(report: dict[str, Any]) -> str:
+    gate, bars, regression = report.get("gate"), report.get("bars") or {}, report.get("regression")
+    if not gate:
+        return "no ONNX latency gate"
+    line = f"gate (bold): {gate['file']} p50 {gate['p50_ms']:.2f} ms"
+    if bars.get("max_latency_ms") is not None:
+        line += f", bar ≤ {bars['max_latency_ms']:g} ms"
+    if regression:
+        if regression["status"] == "checked":
+            line += (f"; vs baseline {regression['baseline_p50_ms']:.2f} ms: {100 * regression['change']:+.1f} % "
+                     f"(bar ≤ +{100 * regression['max_regression']:.0f} %)")
+        else:
+            line += f"; regression check skipped: {regression['reason']}"
+    return line

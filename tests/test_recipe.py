@@ -1,0 +1,63 @@
+import pytest
+
+from edgetl.errors import RecipeError
+from edgetl.recipe import known_recipes, load_recipe, parse_recipe
+
+BASE = {"backbone": "resnet18", "phases": [{"name": "head", "epochs": 2}]}
+
+
+def with_phase(**kw):
+    return {**BASE, "phases": [{"name": "head", "epochs": 2, **kw}]}
+
+
+@pytest.mark.parametrize("name", list(known_recipes()))
+def test_shipped_recipes_validate(name):
+    recipe = load_recipe(name)
+    assert recipe.phases[0].train == "head" and recipe.phases[-1].train == "all"
+
+
+def test_overrides_and_epochs_scale():
+    recipe = load_recipe("quickstart", overrides={"seed": 7, "weights": None}, epochs_scale=0.5)
+    assert recipe.seed == 7 and recipe.weights == "imagenet"
+    assert [p.epochs for p in recipe.phases] == [2, 2, 2]  # 4, 3, 3 halved, rounded half to even, at least 1
+
+
+def test_round_trip_through_toml(tmp_path):
+    recipe = load_recipe("quickstart")
+    path = tmp_path / "r.toml"
+    path.write_text(recipe.to_toml())
+    assert load_recipe(str(path)) == recipe
+    assert load_recipe(str(path)).digest() == recipe.digest()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({**BASE, "colour": 1}, "colour: unknown key"),
+    (with_phase(epochs=-1), "phases.0.epochs: Input should be greater than 0"),
+    (with_phase(lr=0), "phases.0.lr: Input should be greater than 0"),
+    (with_phase(lr=float("nan")), "phases.0.lr"),
+    (with_phase(train="last:0"), "phases.0.train: must be 'head', 'all' or 'last:N'"),
+    (with_phase(bn="sometimes"), "phases.0.bn"),
+    (with_phase(epochs="three"), "phases.0.epochs"),
+    (with_phase(warmup_epochs=5), "warmup_epochs (5.0) must be shorter"),
+    ({**BASE, "backbone": "resnet19"}, "did you mean 'resnet18'"),
+    ({**BASE, "phases": []}, "phases: List should have at least 1 item"),
+])
+def test_bad_recipes_give_one_line_per_field(data, message):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(data, source="r.toml")
+    assert message in str(err.value)
+    assert all(line.startswith("r.toml: ") for line in str(err.value).splitlines())
+
+
+def test_unknown_recipe_name_suggests():
+    with pytest.raises(RecipeError, match="did you mean 'quickstart'"):
+        load_recipe("quickstrat")
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("backbone = ")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(str(bad))
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(str(tmp_path / "missing.toml"))
