@@ -9,10 +9,12 @@ head-only phase without augmentation trains on backbone features computed once.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -200,10 +202,14 @@ class Batcher:
     def __len__(self) -> int:
         return len(self.y)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, generator: torch.Generator | None, *, skip: int = 0,
+                generator_state: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches (in order without a generator); `skip` + `generator_state` continue a cut epoch."""
         n = len(self.y)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, batch_size):
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        for start in range(skip * batch_size, n, batch_size):
             idx = order[start:start + batch_size]
             if generator is not None and len(idx) < 2 and start > 0:
                 break  # a batch of one breaks BatchNorm in train mode
@@ -229,15 +235,43 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 or (rest and not full) else 0)
 
 
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: enough to continue it exactly after an interruption."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    generator_state: torch.Tensor | None = None  # the epoch generator after `step` steps
+    rng_state: torch.Tensor | None = None  # torch's global generator (dropout) after `step` steps
+
+
+class Interrupted(Exception):
+    """Raised between two steps when a stop was requested; carries the epoch's progress."""
+
+    def __init__(self, progress: EpochProgress) -> None:
+        super().__init__("interrupted")
+        self.progress = progress
+
+
 def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, batch_size: int,
-                    generator: torch.Generator, callbacks: Callbacks) -> tuple[float, float]:
-    """One pass over the data; losses stay on the device (no per-step host sync) until the end."""
+                    generator: torch.Generator, callbacks: Callbacks, start: EpochProgress | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> tuple[float, float]:
+    """One pass over the data; losses stay on the device (no per-step host sync) until the end.
+
+    `should_stop` is polled after each step: the step finishes, then Interrupted carries the progress.
+    """
+    start = start or EpochProgress()
+    if start.rng_state is not None:
+        torch.set_rng_state(start.rng_state)
     autocast = torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=data.device.type == "cuda")
-    loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), device=data.device, dtype=torch.long)
-    seen = 0
-    for x, y in data.batches(batch_size, generator):
+    loss_sum = torch.full((), start.loss_sum, device=data.device)
+    correct = torch.full((), start.correct, device=data.device, dtype=torch.long)
+    seen, step, t0 = start.seen, start.step, time.perf_counter() - start.seconds
+    for x, y in data.batches(batch_size, generator, skip=start.step, generator_state=start.generator_state):
         with autocast:
             logits = forward(x)
             loss = loss_fn(logits.float(), y)
@@ -248,7 +282,11 @@ def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: Batch
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        step += 1
         callbacks.step()
+        if should_stop():
+            raise Interrupted(EpochProgress(step, loss_sum.item(), int(correct.item()), seen, time.perf_counter() - t0,
+                                            generator.get_state(), torch.get_rng_state()))
     loss_mean = loss_sum.item() / max(seen, 1)
     if not math.isfinite(loss_mean):
         raise TrainingError(f"training loss became {loss_mean}; lower the learning rate — the last good checkpoint is kept")
@@ -360,6 +398,33 @@ def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None =
     return _fit(recipe, prep, run_dir=run_dir, callbacks=callbacks, resume=state)
 
 
+class TrainingInterrupted(EdgetlError):
+    """SIGINT/SIGTERM: the current step finished and last.pt holds it."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT interrupts at once."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks, resume: dict | None) -> TrainResult:
     backbone, preprocessing, data, model, device = prep.backbone, prep.preprocessing, prep.data, prep.model, prep.device
     ckpt_dir = run_dir / "checkpoints"
@@ -375,101 +440,117 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
     val_images = Batcher(data.val.images, data.val.targets, preprocessing, device)
 
     metrics: list[dict[str, Any]] = []
-    start_phase, start_epoch = 0, 0
+    start_phase, start_epoch, partial = 0, 0, None
     best = {"val_loss": math.inf, "val_acc": 0.0, "epoch": 0}
-    early = None
     if resume is not None:
         model.load_state_dict(resume["model"])
-        start_phase, start_epoch = resume["next_phase"], resume["next_epoch"]
-        best, early = resume["best"], resume.get("early")
+        start_phase, start_epoch, best = resume["next_phase"], resume["next_epoch"], resume["best"]
+        if resume.get("epoch_progress"):
+            partial = EpochProgress(**resume["epoch_progress"])
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         metrics = [m for m in metrics if m["epoch"] <= resume["global_epoch"]]
-    global_epoch = len(metrics)
     trainable_counts: dict[str, dict[str, int]] = {}
 
-    def save_last(next_phase: int, next_epoch: int, optimizer=None, scheduler=None, early_state=None) -> None:
+    def save_last(next_phase: int, next_epoch: int, **state: Any) -> None:
         save_checkpoint(ckpt_dir / "last.pt", {
             **meta, "model": _state_copy(model), "next_phase": next_phase, "next_epoch": next_epoch,
-            "global_epoch": global_epoch, "best": best, "early": early_state,
-            "optimizer": optimizer.state_dict() if optimizer else None,
-            "scheduler": scheduler.state_dict() if scheduler else None,
+            "global_epoch": len(metrics), "best": best, "early": state.get("early"),
+            "optimizer": state["optimizer"].state_dict() if "optimizer" in state else None,
+            "scheduler": state["scheduler"].state_dict() if "scheduler" in state else None,
+            "epoch_progress": asdict(state["progress"]) if "progress" in state else None,
+            "epoch_lrs": state.get("epoch_lrs"),
         })
 
-    for p in range(start_phase, len(recipe.phases)):
-        phase = recipe.phases[p]
-        first_epoch = start_epoch if p == start_phase else 0
-        param_groups = configure_phase(model, groups, phase, backbone=backbone.name, weight_decay=recipe.weight_decay,
-                                       lora=recipe.lora)
-        trainable_counts[phase.name] = count_trainable(groups)
-        cached = phase.last_n == 0 and not phase.augment
-        head = backbone.head(model)
-        if cached:
-            train_data = Batcher(compute_features(model, backbone, train_images, batch_size=recipe.batch_size), data.train.targets.to(device),
-                                 preprocessing, device, features=True)
-            val_data = Batcher(compute_features(model, backbone, val_images, batch_size=recipe.batch_size), data.val.targets.to(device),
-                               preprocessing, device, features=True)
-            forward, eval_forward = head, head
-        else:
-            train_data = Batcher(train_images.x, train_images.y, preprocessing, device, augment=phase.augment)
-            val_data = val_images
-            if phase.last_n == 0:
-                def forward(x, _head=head):  # frozen backbone: features without autograd
-                    with torch.no_grad():
-                        feats = backbone.features(model, x)
-                    return _head(feats)
+    with stop_on_signals() as stop_requested:
+        for p in range(start_phase, len(recipe.phases)):
+            phase = recipe.phases[p]
+            continuing = resume is not None and p == start_phase and resume.get("optimizer") is not None
+            first_epoch = start_epoch if p == start_phase else 0
+            param_groups = configure_phase(model, groups, phase, backbone=backbone.name, weight_decay=recipe.weight_decay,
+                                           lora=recipe.lora)
+            trainable_counts[phase.name] = count_trainable(groups)
+            cached = phase.last_n == 0 and not phase.augment
+            head = backbone.head(model)
+            if cached:
+                train_data = Batcher(compute_features(model, backbone, train_images, batch_size=recipe.batch_size),
+                                     data.train.targets.to(device), preprocessing, device, features=True)
+                val_data = Batcher(compute_features(model, backbone, val_images, batch_size=recipe.batch_size),
+                                   data.val.targets.to(device), preprocessing, device, features=True)
+                forward, eval_forward = head, head
             else:
-                forward = model
-            eval_forward = model
-        steps = steps_per_epoch(len(train_data), recipe.batch_size)
-        optimizer = make_optimizer(param_groups, recipe)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(phase, steps))
-        phase_early = {"best_loss": math.inf, "bad": 0, "best_state": None}
-        if first_epoch > 0 and resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            phase_early = early
-        callbacks.phase_start(index=p, phase=phase, steps=steps * (phase.epochs - first_epoch),
-                              trainable=trainable_counts[phase.name], cached=cached)
-        for e in range(first_epoch, phase.epochs):
-            global_epoch += 1
-            torch.manual_seed(_epoch_seed(recipe.seed, global_epoch))  # dropout and friends
-            generator = torch.Generator().manual_seed(_epoch_seed(recipe.seed, global_epoch))
-            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-            t0 = time.perf_counter()
-            set_train_mode(model, groups, phase, backbone=backbone.name)
-            train_loss, train_acc = train_one_epoch(forward, train_data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-                                                    batch_size=recipe.batch_size, generator=generator, callbacks=callbacks)
-            train_seconds = time.perf_counter() - t0
-            model.eval()
-            val_loss, val_acc = evaluate(eval_forward, val_data, batch_size=recipe.batch_size * 2)
-            seconds = time.perf_counter() - t0
-            record = {
-                "epoch": global_epoch, "phase": phase.name, "phase_index": p, "phase_epoch": e + 1, "lr": lrs,
-                "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                "seconds": round(seconds, 3), "images_per_s": round(len(train_data) / max(train_seconds, 1e-9), 1),
-                "cached_features": cached,
-            }
-            metrics.append(record)
-            files.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-            if val_loss < phase_early["best_loss"]:
-                phase_early = {"best_loss": val_loss, "bad": 0, "best_state": _state_copy(model)}
-            else:
-                phase_early["bad"] += 1
-            if val_loss < best["val_loss"]:
-                best = {"val_loss": val_loss, "val_acc": val_acc, "epoch": global_epoch}
-                save_checkpoint(ckpt_dir / "best.pt", {**meta, "model": _state_copy(model), "val_acc": val_acc,
-                                                       "val_loss": val_loss, "epoch": global_epoch})
-            stop = recipe.patience > 0 and phase_early["bad"] >= recipe.patience
-            done = stop or e + 1 == phase.epochs
-            if not done:
-                save_last(p, e + 1, optimizer, scheduler, phase_early)
-            callbacks.epoch_end(record)
-            if stop:
-                log.info("phase %s: val loss did not improve for %d epochs; stopping early", phase.name, recipe.patience)
-                break
-        if phase_early["best_state"] is not None:
-            model.load_state_dict(phase_early["best_state"])  # early stopping restores the phase's best weights
-        save_last(p + 1, 0)
+                train_data = Batcher(train_images.x, train_images.y, preprocessing, device, augment=phase.augment)
+                val_data, eval_forward = val_images, model
+                if phase.last_n == 0:
+                    def forward(x, _head=head):  # frozen backbone: features without autograd
+                        with torch.no_grad():
+                            feats = backbone.features(model, x)
+                        return _head(feats)
+                else:
+                    forward = model
+            steps = steps_per_epoch(len(train_data), recipe.batch_size)
+            optimizer = make_optimizer(param_groups, recipe)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(phase, steps))
+            early = {"best_loss": math.inf, "bad": 0, "best_state": None}
+            if continuing:
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
+                early = resume.get("early") or early
+            done_steps = steps * first_epoch + (partial.step if partial else 0)
+            callbacks.phase_start(index=p, phase=phase, steps=steps * phase.epochs - done_steps,
+                                  trainable=trainable_counts[phase.name], cached=cached)
+            for e in range(first_epoch, phase.epochs):
+                global_epoch = len(metrics) + 1
+                generator = torch.Generator().manual_seed(_epoch_seed(recipe.seed, global_epoch))
+                if partial is None:
+                    torch.manual_seed(_epoch_seed(recipe.seed, global_epoch))  # dropout and friends
+                    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+                else:
+                    lrs = resume["epoch_lrs"]
+                t0 = time.perf_counter() - (partial.seconds if partial else 0.0)
+                set_train_mode(model, groups, phase, backbone=backbone.name)
+                try:
+                    train_loss, train_acc = train_one_epoch(
+                        forward, train_data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                        batch_size=recipe.batch_size, generator=generator, callbacks=callbacks, start=partial,
+                        should_stop=stop_requested)
+                except Interrupted as cut:
+                    save_last(p, e, optimizer=optimizer, scheduler=scheduler, early=early, progress=cut.progress, epoch_lrs=lrs)
+                    raise TrainingInterrupted(f"stopped after step {cut.progress.step} of epoch {global_epoch}; "
+                                              f"continue with: edgetl train --resume {run_dir}") from None
+                partial = None
+                train_seconds = time.perf_counter() - t0
+                model.eval()
+                val_loss, val_acc = evaluate(eval_forward, val_data, batch_size=recipe.batch_size * 2)
+                record = {
+                    "epoch": global_epoch, "phase": phase.name, "phase_index": p, "phase_epoch": e + 1, "lr": lrs,
+                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "images_per_s": round(len(train_data) / max(train_seconds, 1e-9), 1), "cached_features": cached,
+                }
+                metrics.append(record)
+                files.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+                if val_loss < early["best_loss"]:
+                    early = {"best_loss": val_loss, "bad": 0, "best_state": _state_copy(model)}
+                else:
+                    early["bad"] += 1
+                if val_loss < best["val_loss"]:
+                    best = {"val_loss": val_loss, "val_acc": val_acc, "epoch": global_epoch}
+                    save_checkpoint(ckpt_dir / "best.pt", {**meta, "model": _state_copy(model), "val_acc": val_acc,
+                                                           "val_loss": val_loss, "epoch": global_epoch})
+                stop_early = recipe.patience > 0 and early["bad"] >= recipe.patience
+                if not (stop_early or e + 1 == phase.epochs):
+                    save_last(p, e + 1, optimizer=optimizer, scheduler=scheduler, early=early)
+                callbacks.epoch_end(record)
+                if stop_requested():
+                    if stop_early or e + 1 == phase.epochs:
+                        _restore_best(model, early)
+                        save_last(p + 1, 0)
+                    raise TrainingInterrupted(f"stopped after epoch {global_epoch}; continue with: edgetl train --resume {run_dir}")
+                if stop_early:
+                    log.info("phase %s: val loss did not improve for %d epochs; stopping early", phase.name, recipe.patience)
+                    break
+            _restore_best(model, early)
+            save_last(p + 1, 0)
 
     result = TrainResult(
         run_dir=run_dir, backbone=backbone.name, device=str(device), best_val_acc=best["val_acc"],
@@ -481,6 +562,12 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
 
     plot_curves(metrics, run_dir / "curves.png")
     return result
+
+
+def _restore_best(model: nn.Module, early: dict[str, Any]) -> None:
+    """Early stopping restores the phase's best weights (by val loss) before the next phase starts."""
+    if early["best_state"] is not None:
+        model.load_state_dict(early["best_state"])
 
 
 def summarize_phases(recipe: Recipe, metrics: list[dict[str, Any]]) -> list[PhaseSummary]:

@@ -11,7 +11,8 @@ from torch import nn
 from edgetl import files
 from edgetl.backbones import get_backbone
 from edgetl.checkpoint import save_checkpoint
-from edgetl.recipe import parse_recipe
+from edgetl.recipe import load_recipe, parse_recipe
+from edgetl.sample import make_image_folder
 
 
 @torch.no_grad()
@@ -68,3 +69,55 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
 @pytest.fixture
 def fake_run(tmp_path):
     return lambda **kw: make_run(tmp_path, **kw)
+
+
+TINY_RECIPE = """
+backbone = "mobilenet_v3_small"
+weights = "none"
+image_size = 32
+batch_size = 8
+patience = 0
+seed = 3
+
+[[phases]]
+name = "head"
+epochs = 2
+train = "head"
+head_lr = 1e-2
+schedule = "constant"
+augment = false
+
+[[phases]]
+name = "top"
+epochs = 2
+train = "last:1"
+lr = 1e-3
+
+[[phases]]
+name = "all"
+epochs = 3
+train = "all"
+bn = "train"
+lr = 1e-3
+lr_decay = 0.5
+warmup_epochs = 1
+"""
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_image_folder(root / "data", classes=3, per_class=8, size=40, seed=0)
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    return data, recipe
+
+
+@pytest.fixture(scope="session")
+def straight(tiny, tmp_path_factory):
+    data, recipe_path = tiny
+    recipe = load_recipe(str(recipe_path), overrides={"data": str(data)})
+    run = tmp_path_factory.mktemp("straight")
+    from edgetl import finetune
+
+    finetune.train(recipe, run_dir=run, device="cpu")
+    return recipe, run

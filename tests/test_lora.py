@@ -8,7 +8,7 @@ from edgetl.errors import RecipeError
 from edgetl.finetune import Batcher, Callbacks, configure_phase, lora_config, make_optimizer, set_train_mode, train_one_epoch, lr_factor
 from edgetl.lora import LoraConfig, count_lora, inject_lora, lora_parameters, merge_lora
 from edgetl.preprocessing import Preprocessing
-from edgetl.recipe import Phase, parse_recipe
+from edgetl.recipe import parse_recipe
 
 
 def adapted(name: str, targets=("conv", "linear")):

@@ -9,51 +9,9 @@ from typer.testing import CliRunner
 from edgetl import finetune
 from edgetl.checkpoint import load_checkpoint
 from edgetl.cli import app
-from edgetl.recipe import load_recipe
-from edgetl.sample import SHAPES, make_image_folder
-
-TINY = """
-backbone = "mobilenet_v3_small"
-weights = "none"
-image_size = 32
-batch_size = 8
-patience = 0
-seed = 3
-
-[[phases]]
-name = "head"
-epochs = 2
-train = "head"
-head_lr = 1e-2
-schedule = "constant"
-augment = false
-
-[[phases]]
-name = "top"
-epochs = 2
-train = "last:1"
-lr = 1e-3
-
-[[phases]]
-name = "all"
-epochs = 3
-train = "all"
-bn = "train"
-lr = 1e-3
-lr_decay = 0.5
-warmup_epochs = 1
-"""
+from edgetl.sample import SHAPES
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    data = make_image_folder(root / "data", classes=3, per_class=8, size=40, seed=0)
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY)
-    return data, recipe
 
 
 def test_train_writes_the_run_directory(tiny, tmp_path):
@@ -91,15 +49,6 @@ class Interrupt(finetune.Callbacks):
     def epoch_end(self, record):
         if record["epoch"] == self.after_epoch:
             raise KeyboardInterrupt
-
-
-@pytest.fixture(scope="module")
-def straight(tiny, tmp_path_factory):
-    data, recipe_path = tiny
-    recipe = load_recipe(str(recipe_path), overrides={"data": str(data)})
-    run = tmp_path_factory.mktemp("straight")
-    finetune.train(recipe, run_dir=run, device="cpu")
-    return recipe, run
 
 
 @pytest.mark.parametrize("stop_after", [1, 3, 6])  # mid head phase (cached features), mid top phase, mid all phase
@@ -147,3 +96,16 @@ def test_a_phase_that_does_not_fit_the_backbone_is_refused_before_writing(tiny, 
     result = runner.invoke(app, ["train", "--recipe", str(bad), "--data", str(data), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "last:9" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    data, recipe = tiny
+    exploding = tmp_path / "exploding.toml"
+    exploding.write_text(recipe.read_text().replace("lr = 1e-3\nlr_decay = 0.5", "lr = 1e30\nlr_decay = 0.5"))
+    run = tmp_path / "r"
+    result = runner.invoke(app, ["train", "--recipe", str(exploding), "--data", str(data), "--out", str(run)])
+    assert result.exit_code == 1, result.output
+    assert "training loss became nan" in result.output or "training loss became inf" in result.output
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["next_phase"], last["next_epoch"]) == (2, 0), "the checkpoint of the last good epoch is kept"
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
