@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -236,8 +235,10 @@ def verify(
 
 def _export_table(result: Any) -> Table:
     table = Table(title=f"edgetl export · {result.out_dir}")
-    for col in ("format", "file", "size", "params", "BN folded", "seconds"):
-        table.add_column(col, justify="left" if col in ("format", "file") else "right")
+    table.add_column("format")
+    table.add_column("file", no_wrap=True, min_width=len("model.torchscript.pt"))
+    for col in ("size", "params", "BN folded", "seconds"):
+        table.add_column(col, justify="right")
     for a in result.artifacts:
         table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
                       str(result.deploy.bn_folded), f"{a.seconds:.1f}")

@@ -72,29 +72,30 @@ def _size(n: int | None) -> str:
 
 def parity_table(report: dict[str, Any]) -> Table:
     """One row per artifact: its parity figures against the checkpoint and whether all its checks held."""
-    ref = report.get("reference") or {}
+    ref = report["reference"] or {}
     table = Table(title=f"edgetl verify · parity vs {ref.get('file', 'checkpoint')} · {_inputs_line(report)}")
     for col in ("artifact", "precision", "max |Δ|", "mean |Δ|", "max rel", "softmax Δ", "top-1 agree",
                 "top-k overlap", "accuracy ref → file", "checks"):
         table.add_column(col, justify="left" if col in ("artifact", "checks") else "right")
-    checks = report.get("checks", [])
+    checks = report["checks"]
     for name in dict.fromkeys(c["artifact"] for c in checks):
         mine = [c for c in checks if c["artifact"] == name]
         failed = sum(not c["passed"] for c in mine)
         status = f"[green]✓ {len(mine)}[/]" if not failed else f"[red]✗ {failed} of {len(mine)}[/]"
-        p = (report.get("parity") or {}).get(name)
-        precision = ((report.get("bars") or {}).get(name) or {}).get("precision", "")
+        p = report["parity"].get(name)
+        precision = report["bars"]["parity"].get(name, {}).get("precision", "")
         if p is None:
             table.add_row(name, precision, *["—"] * 7, status)
             continue
         table.add_row(name, precision, _g(p["max_abs_diff"]), _g(p["mean_abs_diff"]), _g(p["max_rel_diff"]),
-                      _g(p["softmax_max_diff"]), _pct(p["top1_agreement"]), f"{_pct(p['top5_overlap'])} (k={p['top5_k']})",
+                      _g(p["softmax_max_diff"]), _pct(p["top1_agreement"]),
+                      f"{_pct(p['top5_overlap'])} (k={p['top5_k']})",
                       f"{_pct(p['reference_accuracy'])} → {_pct(p['accuracy'])}", status)
     return table
 
 
 def _inputs_line(report: dict[str, Any]) -> str:
-    i = report.get("inputs")
+    i = report["inputs"]
     if not i:
         return "integrity only"
     return f"{i['images']} images ({i['source']}, {i['labelled']} labelled) + {i['random']} random"
@@ -102,8 +103,7 @@ def _inputs_line(report: dict[str, Any]) -> str:
 
 def latency_table(report: dict[str, Any]) -> Table:
     """One row per (runtime, batch, threads), with the speed-up over PyTorch eager in the same setting."""
-    m = report.get("machine", {})
-    timing = (report.get("settings") or {}).get("timing", {})
+    m, timing = report["machine"], report["settings"]["timing"]
     table = Table(title=f"edgetl verify · latency on {m.get('cpu_model')} · {m.get('cores')} cores · "
                         f"onnxruntime {m.get('onnxruntime')} · machine {m.get('id')}",
                   caption=f"{timing.get('clock', '')}; memory: {timing.get('memory_method', '')}\n"
@@ -111,8 +111,8 @@ def latency_table(report: dict[str, Any]) -> Table:
     for col in ("runtime", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs eager", "cold start",
                 "first call", "RSS Δ", "file", "iters"):
         table.add_column(col, justify="left" if col == "runtime" else "right")
-    gate = report.get("gate") or {}
-    for r in report.get("latency", []):
+    gate = report["gate"] or {}
+    for r in report["latency"]:
         is_gate = gate and all(r[k] == gate[k] for k in ("runtime", "batch", "threads"))
         table.add_row(r["runtime"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['speedup_vs_eager']:.2f}×",
@@ -122,7 +122,7 @@ def latency_table(report: dict[str, Any]) -> Table:
 
 
 def _gate_line(report: dict[str, Any]) -> str:
-    gate, bars, regression = report.get("gate"), report.get("bars") or {}, report.get("regression")
+    gate, bars, regression = report["gate"], report["bars"]["latency"], report["regression"]
     if not gate:
         return "no ONNX latency gate"
     line = f"gate (bold): {gate['file']} p50 {gate['p50_ms']:.2f} ms"
