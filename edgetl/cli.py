@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -16,14 +18,14 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-
 from edgetl.errors import EdgetlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune a pretrained image classifier, fold and export it, verify it for the edge.")
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Logs and CI pipes are not terminals: rich would squeeze tables to 80 columns there; COLUMNS still wins.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150
+console = Console(stderr=False, width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 class Device(str, Enum):
@@ -63,6 +65,8 @@ DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]
 EpochsScaleOpt = Annotated[Optional[float], typer.Option("--epochs-scale", help="Multiply every phase's epochs (e.g. 0.5).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (split, init, order, augmentation).")]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this directory.")]
+LoraRankOpt = Annotated[Optional[int], typer.Option("--lora-rank", help="Train LoRA adapters of this rank (turns LoRA on).")]
+LoraAlphaOpt = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA scaling alpha (with --lora-rank).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")]
 VerifyRunArg = Annotated[Path, typer.Argument(help="Run directory, exported (`edgetl export RUN`).")]
 VerifyDataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Images to check with: a folder of images or class folders (or with val/ inside), or `sample`. Default: the run's validation split.")]
@@ -128,6 +132,9 @@ class RichTrainCallbacks:
     def phase_start(self, *, index: int, phase: Any, steps: int, trainable: dict[str, int], cached: bool) -> None:
         n = sum(trainable.values())
         note = " · cached features" if cached else ""
+        groups = ", ".join(f"{g} {c:,}" for g, c in trainable.items() if c)
+        self.progress.console.print(f"phase {index + 1} [bold]{phase.name}[/]: trains {groups} ({n:,} parameters){note}",
+                                    highlight=False)
         self.task = self.progress.add_task(f"phase {index + 1} {phase.name}", total=steps, info=f"{n:,} trainable{note}")
 
     def step(self) -> None:
@@ -138,8 +145,9 @@ class RichTrainCallbacks:
                                              f"loss {record['val_loss']:.3f} · {record['images_per_s']:.0f} img/s")
 
 
-def run_train(*, recipe: str, data: str | None, subset: int | None, weights: str | None, out: Path | None, device: Device,
-              epochs_scale: float | None, seed: int | None, resume: Path | None, extra: dict | None = None):
+def run_train(*, recipe: str, data: str | None = None, subset: int | None = None, weights: str | None = None,
+              out: Path | None = None, device: Device = Device.auto, epochs_scale: float | None = None,
+              seed: int | None = None, resume: Path | None = None, extra: dict | None = None):
     from edgetl import finetune
     from edgetl.recipe import load_recipe
     from edgetl.report import train_table
@@ -162,12 +170,12 @@ def run_train(*, recipe: str, data: str | None, subset: int | None, weights: str
 def train(
     recipe: RecipeOpt = "quickstart", data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
     out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
-    resume: ResumeOpt = None, verbose: VerboseOpt = False,
+    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, resume: ResumeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune a pretrained backbone with the progressive recipe; writes a run directory."""
     _setup_logging(verbose)
-    run_train(recipe=recipe, data=data, subset=subset, weights=weights, out=out, device=device,
-              epochs_scale=epochs_scale, seed=seed, resume=resume)
+    run_train(recipe=recipe, data=data, subset=subset, weights=weights, out=out, device=device, epochs_scale=epochs_scale,
+              seed=seed, resume=resume, extra={"lora_rank": lora_rank, "lora_alpha": lora_alpha})
 
 
 @command
@@ -175,17 +183,17 @@ def recipes() -> None:
     """List the recipes shipped with edgetl."""
     from rich.table import Table
 
+    from edgetl.backbones import get_backbone
     from edgetl.recipe import known_recipes, load_recipe
 
     table = Table(title="edgetl recipes")
     for col in ("name", "backbone", "input", "phases", "epochs"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "phases")
     for name in known_recipes():
         r = load_recipe(name)
-        from edgetl.backbones import get_backbone
-
         size = r.image_size or get_backbone(r.backbone).preprocessing.crop_size
-        table.add_row(name, r.backbone, f"{size} px", " → ".join(f"{p.name} ({p.train})" for p in r.phases),
+        lora = f" + LoRA r{r.lora.rank}" if r.lora else ""
+        table.add_row(name, r.backbone + lora, f"{size} px", " → ".join(f"{p.name} ({p.train})" for p in r.phases),
                       str(sum(p.epochs for p in r.phases)))
     console.print(table)
 
@@ -233,26 +241,15 @@ def verify(
                threads=threads, latency_seconds=latency_seconds)
 
 
-def _export_table(result: Any) -> Table:
-    table = Table(title=f"edgetl export · {result.out_dir}")
-    table.add_column("format")
-    table.add_column("file", no_wrap=True, min_width=len("model.torchscript.pt"))
-    for col in ("size", "params", "BN folded", "seconds"):
-        table.add_column(col, justify="right")
-    for a in result.artifacts:
-        table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
-                      str(result.deploy.bn_folded), f"{a.seconds:.1f}")
-    return table
-
-
 def run_export(*, run_dir: Path, format: Format = Format.all, opset: int | None = None, batch: int | None = None,
                checkpoint: Checkpoint = Checkpoint.best, out: Path | None = None):
     from edgetl.export import export_run
+    from edgetl.report import export_table
 
     with err_console.status("export"):
         result = export_run(run_dir, formats=(format.value,), opset=opset, batch=batch, checkpoint=checkpoint.value,
                             out=out)
-    console.print(_export_table(result))
+    console.print(export_table(result))
     return result
 
 
@@ -264,6 +261,82 @@ def export(
     """Fold BatchNorm (and LoRA), write ONNX and TorchScript and a manifest into RUN/export."""
     _setup_logging(verbose)
     run_export(run_dir=run_dir, format=format, opset=opset, batch=batch, checkpoint=checkpoint, out=out)
+
+
+PredictRunArg = Annotated[Path, typer.Argument(help="Run directory (or its export folder).")]
+ImagesArg = Annotated[list[Path], typer.Argument(help="Image files to classify.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="How many classes to list per image.")]
+PredictJsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CompareScratchOpt = Annotated[bool, typer.Option("--compare-scratch", help="Also train the recipe from random weights and compare.")]
+RunResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue this run at its first unfinished stage.")]
+
+
+@command
+def run(
+    recipe: RecipeOpt = "quickstart", data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
+    out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
+    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = Format.all,
+    opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = 32, atol: AtolOpt = None,
+    min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
+    compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, verbose: VerboseOpt = False,
+) -> None:
+    """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage."""
+    from edgetl.files import read_json
+    from edgetl.pipeline import STAGES, first_unfinished
+    from edgetl.report import run_table
+
+    _setup_logging(verbose)
+    started = time.perf_counter()
+    run_dir = resume or out or default_run_dir(recipe)
+    stage = first_unfinished(run_dir) if resume else "train"
+    todo = STAGES[STAGES.index(stage):] if stage else ("verify",)
+    if resume:
+        err_console.print(f"resuming {run_dir} at {todo[0]}")
+    if "train" in todo:
+        partial = resume is not None and (run_dir / "checkpoints" / "last.pt").is_file()
+        run_train(recipe=recipe, data=data, subset=subset, weights=weights, out=run_dir, device=device,
+                  epochs_scale=epochs_scale, seed=seed, resume=run_dir if partial else None,
+                  extra={"lora_rank": lora_rank, "lora_alpha": lora_alpha})
+    if "export" in todo:
+        run_export(run_dir=run_dir, format=format, opset=opset, batch=batch)
+    result = run_verify(run_dir=run_dir, samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
+                        latency_seconds=latency_seconds)
+    scratch = None
+    if compare_scratch:
+        scratch_dir = run_dir / "scratch"
+        if not (scratch_dir / "train.json").is_file():
+            err_console.print("training the same recipe from random weights (--compare-scratch)")
+            run_train(recipe=str(run_dir / "recipe.resolved.toml"), weights="none", out=scratch_dir, device=device)
+        scratch = read_json(scratch_dir / "train.json", what="scratch training summary")
+    console.print(run_table(train=read_json(run_dir / "train.json", what="training summary"),
+                            manifest=read_json(run_dir / "export" / "manifest.json", what="export manifest"),
+                            verify=result.report, scratch=scratch, seconds=time.perf_counter() - started))
+
+
+@command
+def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False) -> None:
+    """Classify images with the exported ONNX model and the manifest's preprocessing only (what a device does)."""
+    import json
+    from dataclasses import asdict
+
+    from edgetl.predict import predict as classify
+    from edgetl.report import predict_table
+
+    predictions = classify(run_dir, images, top_k=top_k)
+    if json_out:
+        typer.echo(json.dumps([asdict(p) for p in predictions], indent=2))
+    else:
+        console.print(predict_table(predictions))
+
+
+@command
+def info(run_dir: PredictRunArg) -> None:
+    """Show a run's recipe, results, artifacts and verify status."""
+    from edgetl.pipeline import describe
+    from edgetl.report import info_tables
+
+    for table in info_tables(describe(run_dir)):
+        console.print(table)
 
 
 def main() -> None:

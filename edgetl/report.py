@@ -135,3 +135,92 @@ def _gate_line(report: dict[str, Any]) -> str:
         else:
             line += f"; regression check skipped: {regression['reason']}"
     return line
+
+
+# --- edgetl export / run / info / predict ------------------------------------------------------------------
+
+def export_table(result: Any) -> Table:
+    table = Table(title=f"edgetl export · {result.out_dir}")
+    table.add_column("format")
+    table.add_column("file", no_wrap=True, min_width=len("model.torchscript.pt"))
+    for col in ("size", "params", "BN folded", "seconds"):
+        table.add_column(col, justify="right")
+    for a in result.artifacts:
+        table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
+                      str(result.deploy.bn_folded), f"{a.seconds:.1f}")
+    return table
+
+
+def run_table(*, train: dict[str, Any], manifest: dict[str, Any], verify: dict[str, Any] | None,
+              scratch: dict[str, Any] | None = None, seconds: float | None = None) -> Table:
+    """The final report of `edgetl run`: accuracy, artifacts, parity and latency side by side."""
+    title = f"edgetl run · {train['backbone']} · {train['run_dir']}" + (f" · {seconds:.0f} s" if seconds else "")
+    table = Table(title=title)
+    for col in ("artifact", "size", "val acc", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
+        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=col == "artifact")
+    latency = (verify or {}).get("latency", [])
+    checks = (verify or {}).get("checks", [])
+    table.add_row("checkpoint (PyTorch)", "—", _pct(train["best_val_acc"]), "—", "—",
+                  *(_p50(latency, "eager", t) for t in _threads(latency)), "—")
+    for a in manifest["artifacts"]:
+        parity = (verify or {}).get("parity", {}).get(a["file"]) or {}
+        mine = [c for c in checks if c["artifact"] == a["file"]]
+        status = "—" if not mine else "[green]✓[/]" if all(c["passed"] for c in mine) else "[red]✗[/]"
+        runtime = "onnx" if a["format"] == "onnx" else a["format"]
+        table.add_row(a["file"], _size(a["bytes"]), _pct(parity.get("accuracy")), _g(parity.get("max_abs_diff")),
+                      _pct(parity.get("top1_agreement")), *(_p50(latency, runtime, t) for t in _threads(latency)), status)
+    if scratch is not None:
+        table.add_section()
+        table.add_row("from scratch (--weights none)", "—", _pct(scratch["best_val_acc"]), "", "", "", "", "")
+        table.add_row("pretrained brings", "", f"{100 * (train['best_val_acc'] - scratch['best_val_acc']):+.1f} pts", "", "", "", "", "")
+    return table
+
+
+def _threads(latency: list[dict[str, Any]]) -> list[int]:
+    counts = sorted({r["threads"] for r in latency})
+    return [counts[0], counts[-1]] if counts else [1, 0]
+
+
+def _p50(latency: list[dict[str, Any]], runtime: str, threads: int) -> str:
+    rows = [r for r in latency if r["runtime"] == runtime and r["threads"] == threads and r["batch"] == 1]
+    return f"{rows[0]['p50_ms']:.2f}" if rows else "—"
+
+
+def info_tables(info: dict[str, Any]) -> list[Table]:
+    """`edgetl info RUN`: the recipe at a glance, training results, artifacts, verify status."""
+    import tomllib
+
+    recipe = tomllib.loads(info["recipe"])
+    head = Table(title=f"edgetl info · {info['run_dir']}", show_header=False)
+    head.add_column("key", style="bold")
+    head.add_column("value")
+    head.add_row("backbone", f"{recipe['backbone']} · weights {recipe.get('weights')} · data {recipe.get('data')}")
+    head.add_row("phases", " → ".join(f"{p['name']} ({p['train']}, {p['epochs']} ep)" for p in recipe["phases"]))
+    head.add_row("classes", ", ".join(info["labels"] or []))
+    train = info["train"]
+    head.add_row("training", f"{info['epochs_done']} epochs done" + (
+        f" · best val acc {_pct(train['best_val_acc'])} (epoch {train['best_epoch']}) · {train['seconds']:.0f} s" if train else " · not finished"))
+    manifest = info["manifest"]
+    if manifest:
+        for a in manifest["artifacts"]:
+            head.add_row(a["format"], f"export/{a['file']} · {_size(a['bytes'])} · sha256 {a['sha256'][:12]}…")
+    else:
+        head.add_row("export", "not exported")
+    verify = info["verify"]
+    if verify:
+        gate = verify.get("gate") or {}
+        state = "[green]passed[/]" if verify.get("passed") else f"[red]failed[/] ({len(verify.get('failures', []))} failures)"
+        head.add_row("verify", f"{state} · {verify.get('created', '')}" + (f" · ONNX p50 {gate['p50_ms']:.2f} ms" if gate else ""))
+    else:
+        head.add_row("verify", "not verified")
+    head.add_row("next", f"edgetl run --resume {info['run_dir']}  (continues at {info['next_stage']})" if info["next_stage"] else "all stages done")
+    return [head]
+
+
+def predict_table(predictions: list[Any]) -> Table:
+    table = Table(title="edgetl predict")
+    for col in ("image", "label", "probability", "top-k"):
+        table.add_column(col, justify="right" if col == "probability" else "left")
+    for p in predictions:
+        table.add_row(p.image, p.label, f"{100 * p.probability:.1f} %", ", ".join(f"{lab} {100 * q:.0f} %" for lab, q in p.top[1:]))
+    return table
