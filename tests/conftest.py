@@ -42,18 +42,30 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
 
 
 def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: int = 3, image_size: int = 32,
-             seed: int = 0) -> Path:
-    """A run directory with best.pt/last.pt, labels, preprocessing and a resolved recipe."""
+             seed: int = 0, lora: dict | None = None) -> Path:
+    """A run directory with best.pt/last.pt, labels, preprocessing and a resolved recipe (with LoRA adapters
+    whose B matrices are non-zero when `lora` is a recipe [lora] section)."""
     bb = get_backbone(backbone)
     torch.manual_seed(seed)
     model = randomize_for_parity(bb.build(num_classes), seed=seed, image_size=image_size)
-    recipe = parse_recipe({"backbone": backbone, "weights": "none", "image_size": image_size,
+    recipe = parse_recipe({"backbone": backbone, "weights": "none", "image_size": image_size, "lora": lora,
                            "phases": [{"name": "head", "epochs": 1}]})
+    lora_config = None
+    if recipe.lora is not None:
+        from edgetl.finetune import lora_config as make_config
+        from edgetl.lora import inject_lora, lora_parameters
+
+        lora_config = make_config(recipe.lora, model, bb.groups(model))
+        inject_lora(model, lora_config)
+        g = torch.Generator().manual_seed(seed + 1)
+        for p in lora_parameters(model):
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
     labels = [f"class_{i}" for i in range(num_classes)]
     prep = bb.preprocessing.scaled(image_size)
     meta = {"backbone": backbone, "num_classes": num_classes, "labels": labels, "preprocessing": prep.to_dict(),
-            "recipe": recipe.model_dump(), "recipe_sha256": recipe.digest(), "lora": None}
-    run = root / f"run-{backbone}"
+            "recipe": recipe.model_dump(), "recipe_sha256": recipe.digest(),
+            "lora": lora_config.to_dict() if lora_config else None}
+    run = root / (f"run-{backbone}" + ("-lora" if lora else ""))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     save_checkpoint(run / "checkpoints" / "best.pt", {**meta, "model": state, "val_acc": 0.9, "val_loss": 0.3, "epoch": 1})
     save_checkpoint(run / "checkpoints" / "last.pt", {**meta, "model": state, "next_phase": 1, "next_epoch": 0,

@@ -101,3 +101,22 @@ def test_bad_patterns_and_depthwise_patterns_are_refused():
         inject_lora(model, LoraConfig(rank=0))
     names = inject_lora(model, LoraConfig(targets=["features.1.block.0.0"], allow_depthwise=True))
     assert names == ["features.1.block.0.0"]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "efficientnet_lite0"])
+def test_a_lora_export_has_exactly_the_structure_of_a_plain_one(fake_run, backbone):
+    import onnx
+
+    from edgetl.export import export_run
+
+    graphs = {}
+    for lora in (None, {"rank": 4, "targets": ["conv", "linear"]}):
+        run = fake_run(backbone=backbone, lora=lora)
+        result = export_run(run, formats=("onnx",))
+        assert (result.deploy.lora_before > 0) == (lora is not None) and result.deploy.lora_after == 0
+        graph = onnx.load(result.out_dir / "model.onnx").graph
+        graphs[lora is None] = graph
+    plain, adapted = graphs[True], graphs[False]
+    assert len(adapted.node) == len(plain.node)
+    assert [n.op_type for n in adapted.node] == [n.op_type for n in plain.node]
+    assert sorted(tuple(i.dims) for i in adapted.initializer) == sorted(tuple(i.dims) for i in plain.initializer)
