@@ -154,25 +154,30 @@ def export_table(result: Any) -> Table:
 def run_table(*, train: dict[str, Any], manifest: dict[str, Any], verify: dict[str, Any] | None,
               scratch: dict[str, Any] | None = None, seconds: float | None = None) -> Table:
     """The final report of `edgetl run`: accuracy, artifacts, parity and latency side by side."""
-    title = f"edgetl run · {train['backbone']} · {train['run_dir']}" + (f" · {seconds:.0f} s" if seconds else "")
-    table = Table(title=title)
-    for col in ("artifact", "size", "val acc", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
-        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=col == "artifact")
+    inputs = (verify or {}).get("inputs") or {}
+    title = (f"edgetl run · {train['backbone']} · best val acc {_pct(train['best_val_acc'])} (epoch {train['best_epoch']})"
+             + (f" · {seconds:.0f} s" if seconds else "") + f" · {train['run_dir']}")
+    table = Table(title=title, caption=f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images")
+    for col in ("model", "size", "accuracy", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     latency = (verify or {}).get("latency", [])
     checks = (verify or {}).get("checks", [])
-    table.add_row("checkpoint (PyTorch)", "—", _pct(train["best_val_acc"]), "—", "—",
+    parity = (verify or {}).get("parity", {})
+    reference_acc = next((p.get("reference_accuracy") for p in parity.values()), None)
+    table.add_row("checkpoint (PyTorch eager)", "—", _pct(reference_acc), "—", "—",
                   *(_p50(latency, "eager", t) for t in _threads(latency)), "—")
     for a in manifest["artifacts"]:
-        parity = (verify or {}).get("parity", {}).get(a["file"]) or {}
+        p = parity.get(a["file"]) or {}
         mine = [c for c in checks if c["artifact"] == a["file"]]
         status = "—" if not mine else "[green]✓[/]" if all(c["passed"] for c in mine) else "[red]✗[/]"
-        runtime = "onnx" if a["format"] == "onnx" else a["format"]
-        table.add_row(a["file"], _size(a["bytes"]), _pct(parity.get("accuracy")), _g(parity.get("max_abs_diff")),
-                      _pct(parity.get("top1_agreement")), *(_p50(latency, runtime, t) for t in _threads(latency)), status)
+        table.add_row(a["file"], _size(a["bytes"]), _pct(p.get("accuracy")), _g(p.get("max_abs_diff")),
+                      _pct(p.get("top1_agreement")), *(_p50(latency, a["format"], t) for t in _threads(latency)), status)
     if scratch is not None:
         table.add_section()
-        table.add_row("from scratch (--weights none)", "—", _pct(scratch["best_val_acc"]), "", "", "", "", "")
-        table.add_row("pretrained brings", "", f"{100 * (train['best_val_acc'] - scratch['best_val_acc']):+.1f} pts", "", "", "", "", "")
+        table.add_row("best val acc, pretrained", "", _pct(train["best_val_acc"]), "", "", "", "", "")
+        table.add_row("best val acc, from scratch", "", _pct(scratch["best_val_acc"]), "", "", "", "", "")
+        table.add_row("pretrained weights bring", "", f"{100 * (train['best_val_acc'] - scratch['best_val_acc']):+.1f} pts",
+                      "", "", "", "", "")
     return table
 
 
