@@ -66,11 +66,12 @@ class TrainResult:
     best_val_acc: float
     best_val_loss: float
     best_epoch: int
-    seconds: float
+    seconds: float  # the epochs' own time
     phases: list[PhaseSummary]
     weights: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     trainable: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> group -> parameter count
+    wall_seconds: float = 0.0  # this process, decoding and model building included
 
 
 # --- device --------------------------------------------------------------------------------------------
@@ -85,6 +86,12 @@ def select_device(spec: str = "auto") -> torch.device:
     if not available[spec]:
         raise EdgetlError(f"--device {spec}: no such device is visible here; use --device cpu or --device auto")
     return torch.device(spec)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on GPUs; on the CPU it halves the speed of training steps here (depthwise convolution
+    backward), though inference is faster — measured with benchmarks/bench_train.py."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 # --- the policy of one phase -----------------------------------------------------------------------------
@@ -227,7 +234,7 @@ class Batcher:
         if self.device.type == "cuda":
             images = images.pin_memory()
         x = normalize(images.to(self.device, non_blocking=True), self.preprocessing)
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=memory_format(self.device))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -372,6 +379,7 @@ def prepare_run(recipe: Recipe, *, device: str = "auto", callbacks: Callbacks | 
 
 def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Callbacks | None = None) -> TrainResult:
     """Train a new run into `run_dir` (which must not hold a run yet)."""
+    started = time.perf_counter()
     callbacks = callbacks or Callbacks()
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise EdgetlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
@@ -382,20 +390,21 @@ def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Cal
     files.write_json(run_dir / "preprocessing.json", prep.preprocessing.to_dict())
     files.write_json(run_dir / "split.json", prep.data.split)
     files.write_json(run_dir / "data.json", {"skipped": [list(s) for s in prep.data.skipped], "weights": prep.weights})
-    return _fit(recipe, prep, run_dir=run_dir, callbacks=callbacks, resume=None)
+    return _fit(recipe, prep, run_dir=run_dir, callbacks=callbacks, resume=None, started=started)
 
 
 def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None = None) -> TrainResult:
     """Continue an interrupted run from its last complete epoch, in the same phase, with the same state."""
     import tomllib
 
+    started = time.perf_counter()
     callbacks = callbacks or Callbacks()
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     recipe_path = run_dir / "recipe.resolved.toml"
     recipe = parse_recipe(tomllib.loads(recipe_path.read_text()), source=str(recipe_path))
     split = files.read_json(run_dir / "split.json", what="split")
     prep = prepare_run(recipe, device=device, callbacks=callbacks, split=split)
-    return _fit(recipe, prep, run_dir=run_dir, callbacks=callbacks, resume=state)
+    return _fit(recipe, prep, run_dir=run_dir, callbacks=callbacks, resume=state, started=started)
 
 
 class TrainingInterrupted(EdgetlError):
@@ -425,7 +434,8 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, old)
 
 
-def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks, resume: dict | None) -> TrainResult:
+def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks, resume: dict | None,
+         started: float) -> TrainResult:
     backbone, preprocessing, data, model, device = prep.backbone, prep.preprocessing, prep.data, prep.model, prep.device
     ckpt_dir = run_dir / "checkpoints"
     meta = {
@@ -433,7 +443,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
         "preprocessing": preprocessing.to_dict(), "recipe": recipe.model_dump(), "recipe_sha256": recipe.digest(),
         "lora": prep.lora.to_dict() if prep.lora else None,
     }
-    model.to(device=device, memory_format=torch.channels_last)
+    model.to(device=device, memory_format=memory_format(device))
     groups = backbone.groups(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     train_images = Batcher(data.train.images, data.train.targets, preprocessing, device)
@@ -471,6 +481,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
             trainable_counts[phase.name] = count_trainable(groups)
             cached = phase.last_n == 0 and not phase.augment
             head = backbone.head(model)
+            features_started = time.perf_counter()
             if cached:
                 train_data = Batcher(compute_features(model, backbone, train_images, batch_size=recipe.batch_size),
                                      data.train.targets.to(device), preprocessing, device, features=True)
@@ -507,6 +518,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
                 else:
                     lrs = resume["epoch_lrs"]
                 t0 = time.perf_counter() - (partial.seconds if partial else 0.0)
+                if cached and e == first_epoch:
+                    t0 = features_started  # the first epoch of a cached phase pays for computing the features
                 set_train_mode(model, groups, phase, backbone=backbone.name)
                 try:
                     train_loss, train_acc = train_one_epoch(
@@ -556,6 +569,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
         run_dir=run_dir, backbone=backbone.name, device=str(device), best_val_acc=best["val_acc"],
         best_val_loss=best["val_loss"], best_epoch=best["epoch"], seconds=sum(m["seconds"] for m in metrics),
         phases=summarize_phases(recipe, metrics), weights=prep.weights, skipped=list(data.skipped), trainable=trainable_counts,
+        wall_seconds=round(time.perf_counter() - started, 2),
     )
     files.write_json(run_dir / "train.json", asdict(result) | {"run_dir": str(run_dir)})
     from edgetl.report import plot_curves

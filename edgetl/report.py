@@ -56,7 +56,7 @@ def train_table(result: Any) -> Table:
         table.add_row(p.name, epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s")
     table.add_section()
     table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
-                  f"{result.seconds:.1f} s", style="bold")
+                  f"{result.wall_seconds:.1f} s in all", style="bold")
     return table
 
 
