@@ -9,6 +9,8 @@ and verify need nothing but its path.
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,11 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, "edgetl_version": __version__, **state}, tmp)
+        try:
+            torch.save({"format_version": FORMAT_VERSION, "edgetl_version": __version__, **state}, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk...) as RuntimeError
+            raise CheckpointError(f"cannot write {path}: torch.save failed ({_first_line(e)}) — is the disk full? "
+                                  f"The previous file is left intact") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -35,13 +41,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found — train first, or pass the right run directory")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged or not an edgetl checkpoint ({first[:160]})") from None
+        with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's text is long and generic; say in a few words what it refused.
+        imports = re.search(r"GLOBAL (\S+)", str(e))
+        if imports:
+            raise CheckpointError(f"checkpoint {path} refused: loading it would import {imports.group(1)}, and edgetl "
+                                  f"loads checkpoints as data only (torch.load weights_only=True) — it is not an edgetl "
+                                  f"checkpoint; do not load it at all unless you trust where it came from") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        why = f"torch.load weights_only=True: {detail.group(1).strip()}" if detail else _first_line(e)
+        raise CheckpointError(f"checkpoint {path} is damaged or not an edgetl checkpoint ({why})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged or not an edgetl checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "backbone" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not an edgetl checkpoint (no model/backbone entries)")
     return ckpt
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def build_model(ckpt: dict[str, Any], *, source: Path | str = "checkpoint") -> nn.Module:
@@ -72,6 +94,19 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], *, backbone: st
             f"{source}: weights do not fit {backbone} with {num_classes} classes "
             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrongly shaped, e.g. {example!r})"
         )
+
+
+def check_belongs(ckpt: dict[str, Any], *, backbone: str, labels: list[str], source: Path | str) -> None:
+    """Refuse a checkpoint copied in from another run: its backbone and labels must be the run's own."""
+    def describe(name: str, names: list[str]) -> str:
+        shown = ", ".join(map(str, names[:4])) + (", …" if len(names) > 4 else "")
+        return f"{name} with {len(names)} classes ({shown})"
+
+    own = list(ckpt.get("labels") or [])
+    if ckpt.get("backbone") != backbone or own != list(labels):
+        raise CheckpointError(f"{source} belongs to another run: it is {describe(ckpt.get('backbone'), own)}, this run "
+                              f"is {describe(backbone, list(labels))} — put this run's own checkpoint back, or use the "
+                              f"run it came from")
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -34,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from edgetl.device_preprocess import to_rgb
 from edgetl.errors import DataError
 from edgetl.preprocessing import Preprocessing
 from edgetl.sample import cache_dir, ensure_sample
@@ -124,16 +125,17 @@ def load_image(path: str | os.PathLike, *, draft_size: int | None = None) -> Ima
     try:
         with Image.open(path) as img:
             if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(f"{img.width}x{img.height} px")
+                raise Image.DecompressionBombError(f"Image size ({img.width * img.height} pixels) exceeds limit of "
+                                                   f"{Image.MAX_IMAGE_PIXELS} pixels")
             if draft_size and img.format == "JPEG" and min(img.size) >= 2 * draft_size:
                 img.draft("RGB", (draft_size, draft_size))
             img.load()  # decodes now, so a truncated file raises here (LOAD_TRUNCATED_IMAGES stays False)
-            return _to_rgb(ImageOps.exif_transpose(img))
+            return to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         raise UnusableImageError("not an image (PIL cannot identify the format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UnusableImageError(f"too many pixels for PIL's decompression-bomb guard "
-                                 f"(limit {Image.MAX_IMAGE_PIXELS} px): {e}") from None
+        # PIL's text names the limit that tripped: 1x MAX_IMAGE_PIXELS (a warning) or 2x (its hard error).
+        raise UnusableImageError(f"too many pixels for PIL's decompression-bomb guard ({e})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise UnusableImageError(f"damaged or unsupported image ({type(e).__name__}: {e})") from None
 
@@ -430,23 +432,6 @@ def _allocate(n: int, size: int, *, on_disk: bool) -> torch.Tensor:
              MEMORY_FRACTION * 100, folder)
     with tempfile.TemporaryFile(dir=folder, prefix="edgetl-images-") as f:
         return torch.from_numpy(np.memmap(f, dtype=np.uint8, mode="w+", shape=(n, 3, size, size)))
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # PIL's own convert clips these at 255 (a 16-bit image turns white); scale the range instead.
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):
-            a = a / 257  # 65535 -> 255
-        elif img.mode == "F" and a.max() <= 1:
-            a = a * 255
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img.convert("RGBA"))
-    return img.convert("RGB")
 
 
 def _stat_reason(path: str, e: OSError) -> str:

@@ -33,13 +33,25 @@ INTERPOLATION = {
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode, apply the EXIF orientation, and convert to RGB (transparent pixels composited on white)."""
+    """Decode, apply the EXIF orientation, and convert to RGB (see `to_rgb`)."""
     with Image.open(path) as img:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        return to_rgb(ImageOps.exif_transpose(img))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16-bit and float grayscale scaled to 8 bits (PIL's own convert clips them white),
+    palette and alpha composited on white, CMYK converted. Training decodes with this same function."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):
+            a = a / 257  # 65535 -> 255
+        elif img.mode == "F" and a.max() <= 1:
+            a = a * 255
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img.convert("RGBA"))
     return img.convert("RGB")

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from edgetl import __version__, files
-from edgetl.checkpoint import load_model
+from edgetl.checkpoint import check_belongs, load_model
 from edgetl.deploy import DeployReport, deploy_model
 from edgetl.errors import CheckpointError, EdgetlError, ExportError, RunDirError
 from edgetl.preprocessing import Preprocessing
@@ -364,7 +364,21 @@ def load_run(run_dir: Path, *, checkpoint: str = "best") -> tuple[nn.Module, dic
     missing = [k for k in ("labels", "preprocessing") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)} — it was not written by `edgetl train`; retrain")
+    _check_belongs(run_dir, path, ckpt)
     return model, ckpt
+
+
+def _check_belongs(run_dir: Path, path: Path, ckpt: dict[str, Any]) -> None:
+    """Refuse a checkpoint copied in from another run: compare it with the run's recipe and labels.json."""
+    import tomllib
+
+    labels_path, recipe_path = run_dir / "labels.json", run_dir / "recipe.resolved.toml"
+    labels = list(files.read_json(labels_path, what="labels file")) if labels_path.is_file() else list(ckpt["labels"])
+    try:
+        backbone = tomllib.loads(recipe_path.read_text(encoding="utf-8")).get("backbone", ckpt["backbone"])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        backbone = ckpt["backbone"]  # no readable recipe: nothing to compare the backbone with
+    check_belongs(ckpt, backbone=backbone, labels=labels, source=path)
 
 
 def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployReport]:
@@ -386,6 +400,11 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
     out = Path(out) if out is not None else run_dir / "export"
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
     _check_replaceable(out)
+    try:  # before the slow work: an --out under a file, or on a read-only disk, is a usage error
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
+                          f"folder you can write to") from None
 
     preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
     x, real = example_batch(run_dir, preprocessing)
@@ -398,8 +417,11 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
     n = batch or 2
     example = x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
+                          f"folder you can write to") from None
     try:
         artifacts = []
         for name in names:

@@ -27,7 +27,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as e:
-        raise EdgetlError(f"cannot write into {target.parent}: {e.strerror} — check the folder exists and is writable") from e
+        raise EdgetlError(f"cannot write into {target.parent}: {folder_problem(target.parent, e)} — check the folder "
+                          f"exists and is writable") from e
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -40,6 +41,16 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def folder_problem(folder: Path, e: OSError) -> str:
+    """Why `folder` cannot be created or written into, in words: an ancestor that is a file, or the OS's reason."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():  # the nearest existing ancestor
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return e.strerror or str(e)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

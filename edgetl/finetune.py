@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgetl import files
 from edgetl.backbones import Backbone, LayerGroup, get_backbone
-from edgetl.checkpoint import load_checkpoint, save_checkpoint
+from edgetl.checkpoint import check_belongs, load_checkpoint, save_checkpoint
 from edgetl.data import DataBundle, augment_batch, center_crop_batch, load_data, normalize
 from edgetl.errors import EdgetlError, RecipeError, TrainingError
 from edgetl.preprocessing import Preprocessing
@@ -384,7 +384,10 @@ def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Cal
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise EdgetlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     prep = prepare_run(recipe, device=device, callbacks=callbacks)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {run_dir}: {files.folder_problem(run_dir, e)} — choose another --out") from None
     files.write_text(run_dir / "recipe.resolved.toml", recipe.to_toml())
     files.write_json(run_dir / "labels.json", prep.data.classes)
     files.write_json(run_dir / "preprocessing.json", prep.preprocessing.to_dict())
@@ -404,6 +407,7 @@ def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None =
     recipe = parse_recipe(tomllib.loads(recipe_path.read_text()), source=str(recipe_path))
     split = files.read_json(run_dir / "split.json", what="split")
     prep = prepare_run(recipe, device=device, callbacks=callbacks, split=split)
+    check_belongs(state, backbone=recipe.backbone, labels=prep.data.classes, source=run_dir / "checkpoints" / "last.pt")
     return _fit(recipe, prep, run_dir=run_dir, callbacks=callbacks, resume=state, started=started)
 
 
