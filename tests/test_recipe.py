@@ -19,7 +19,7 @@ def test_shipped_recipes_validate(name):
 def test_overrides_and_epochs_scale():
     recipe = load_recipe("quickstart", overrides={"seed": 7, "weights": None}, epochs_scale=0.5)
     assert recipe.seed == 7 and recipe.weights == "imagenet"
-    assert [p.epochs for p in recipe.phases] == [2, 2, 2]  # 4, 3, 3 halved, rounded half to even, at least 1
+    assert [p.epochs for p in recipe.phases] == [3, 2, 2]  # 6, 3, 4 halved, rounded half to even, at least 1
 
 
 def test_round_trip_through_toml(tmp_path):
