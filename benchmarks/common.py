@@ -281,58 +281,13 @@ def onnx_session(path: Path, *, threads: int, level: str = "all"):
     return lambda x: session.run(None, {feed: x})[0]
 
 
-# --- a run directory without training (the logic of tests/conftest.py's make_run) --------------------------------------
-
-
 def make_fake_run(root: Path, *, backbone: str, image_size: int = 224, num_classes: int = 6, seed: int = 0,
                   calibrate_size: int = 64) -> Path:
-    """A run directory that looks like `edgetl train` wrote it: random weights with realistic BatchNorm statistics
-    (so folding changes real numbers), best.pt/last.pt, labels, preprocessing, a resolved recipe.
+    """A run directory without training (edgetl.testing), BatchNorm calibrated at a cheap 64 px."""
+    from edgetl.testing import make_run
 
-    Calibrated at `calibrate_size` px (cheap); the preprocessing says `image_size`, what export traces at.
-    """
-    import torch
-    from torch import nn
-
-    from edgetl import files
-    from edgetl.backbones import get_backbone
-    from edgetl.checkpoint import save_checkpoint
-    from edgetl.recipe import parse_recipe
-
-    bb = get_backbone(backbone)
-    torch.manual_seed(seed)
-    model = bb.build(num_classes)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for m in norms:
-            m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the calibration batches
-        model.train()
-        for _ in range(3):
-            model(torch.randn(8, 3, calibrate_size, calibrate_size, generator=g))
-        for m in norms:
-            m.momentum = 0.1
-        model.eval()
-    recipe = parse_recipe({"backbone": backbone, "weights": "none", "image_size": image_size,
-                           "phases": [{"name": "head", "epochs": 1}]})
-    labels = [f"class_{i}" for i in range(num_classes)]
-    prep = bb.preprocessing.scaled(image_size)
-    meta = {"backbone": backbone, "num_classes": num_classes, "labels": labels, "preprocessing": prep.to_dict(),
-            "recipe": recipe.model_dump(), "recipe_sha256": recipe.digest(), "lora": None}
-    run = Path(root) / f"run-{backbone}-{image_size}"
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    best = {**meta, "model": state, "val_acc": 0.0, "val_loss": 0.0, "epoch": 1}
-    save_checkpoint(run / "checkpoints" / "best.pt", best)
-    save_checkpoint(run / "checkpoints" / "last.pt", {**meta, "model": state, "next_phase": 1, "next_epoch": 0,
-                                                     "global_epoch": 1, "best": {"val_loss": 0.0, "val_acc": 0.0, "epoch": 1},
-                                                     "early": None, "optimizer": None, "scheduler": None})
-    files.write_text(run / "recipe.resolved.toml", recipe.to_toml())
-    files.write_json(run / "labels.json", labels)
-    files.write_json(run / "preprocessing.json", prep.to_dict())
-    files.write_json(run / "split.json", {"source": "none", "train": [], "val": []})
+    run = make_run(Path(root) / f"{backbone}-{image_size}", backbone=backbone, num_classes=num_classes,
+                   image_size=image_size, seed=seed, calibrate_size=calibrate_size)
     return run
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import difflib
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -185,14 +184,6 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write(name: str, model: nn.Module, example: torch.Tensor, folder: Path, *, meta: ExportMeta) -> Artifact:
     """Run one writer, timed; check it left exactly its one file."""
     fmt = FORMATS[name]
@@ -203,7 +194,7 @@ def _write(name: str, model: nn.Module, example: torch.Tensor, folder: Path, *, 
     seconds = time.perf_counter() - start
     written = set(folder.iterdir()) - before
     assert written == {path}, f"{name} writer wrote {sorted(p.name for p in written)}, expected only {fmt.file}"
-    artifact = Artifact(format=name, file=fmt.file, bytes=path.stat().st_size, sha256=_sha256(path),
+    artifact = Artifact(format=name, file=fmt.file, bytes=path.stat().st_size, sha256=files.sha256_file(path),
                         precision=fmt.precision, seconds=round(seconds, 3), **extra)
     log.info("%s: %s, %.1f MB in %.1f s", name, fmt.file, artifact.bytes / 1e6, seconds)
     return artifact

@@ -8,7 +8,6 @@ No checkpoint and no training code: onnxruntime on `export/model.onnx`, preproce
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 
 from edgetl.device_preprocess import preprocess_image
 from edgetl.errors import DataError, RunDirError, VerifyFailed
-from edgetl.files import read_json
+from edgetl.files import read_json, sha256_file
 from edgetl.parity import softmax
 from edgetl.runtimes import load_onnx
 
@@ -48,7 +47,7 @@ def _onnx_artifact(export_dir: Path, manifest: dict[str, Any]) -> Path:
     path = export_dir / onnx[0]["file"]
     if not path.is_file():
         raise RunDirError(f"{path} is listed in the manifest but missing — re-run `edgetl export`")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != onnx[0]["sha256"]:
         raise VerifyFailed(f"{path}: sha256 {digest[:12]}… does not match the manifest ({onnx[0]['sha256'][:12]}…); "
                            "the file changed after export — re-export it")

@@ -12,7 +12,6 @@ collected and raised once (`ChecksFailed`, exit 1); the report goes to RUN/verif
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import operator
 import platform
@@ -27,7 +26,7 @@ import numpy as np
 from edgetl import __version__
 from edgetl.checkpoint import load_model
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed
-from edgetl.files import read_json, write_json
+from edgetl.files import read_json, sha256_file, write_json
 from edgetl.latency import TimingPlan, all_threads, check_regression, gate_latency, machine_fingerprint, measure_latency
 from edgetl.parity import accuracy, compare_logits, run_batched
 from edgetl.runtimes import RUNNERS, Runner, torch_runner
@@ -192,7 +191,7 @@ def _new_report(run_dir: Path, settings: VerifySettings, *, baseline: bool) -> d
         "settings": {"data": settings.data, "samples": settings.samples, "batches": None, "threads": None,
                      "timing": settings.timing.to_dict()},
         "machine": machine_fingerprint(), "versions": _versions(),
-        "manifest_sha256": _sha256(run_dir / "export" / "manifest.json"),
+        "manifest_sha256": sha256_file(run_dir / "export" / "manifest.json"),
     }
 
 
@@ -220,7 +219,7 @@ def check_integrity(export_dir: Path, manifest: dict[str, Any], gate: Gate) -> N
             continue
         fix = "the file changed after export; re-run `edgetl export` or restore it"
         gate.check(name, "integrity", "bytes", path.stat().st_size, "==", artifact["bytes"], detail=fix)
-        gate.check(name, "integrity", "sha256", _sha256(path), "==", artifact["sha256"], detail=fix)
+        gate.check(name, "integrity", "sha256", sha256_file(path), "==", artifact["sha256"], detail=fix)
 
 
 def _check_parity_all(run_dir: Path, manifest: dict[str, Any], settings: VerifySettings, gate: Gate,
@@ -340,14 +339,6 @@ def _dims(shape: Sequence[Any]) -> list[Any]:
 
 def _checkpoint_file(name: str) -> str:
     return name if name.endswith(".pt") else f"{name}.pt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _warn(report: dict[str, Any], message: str) -> None:

@@ -1,81 +1,12 @@
-"""Shared fixtures: tiny run directories that look like `edgetl train` wrote them, without training."""
+"""Shared fixtures: a tiny generated dataset and recipe, an uninterrupted run of it, and fake run directories."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
-from torch import nn
 
-from edgetl import files
-from edgetl.backbones import get_backbone
-from edgetl.checkpoint import save_checkpoint
-from edgetl.recipe import load_recipe, parse_recipe
+from edgetl.recipe import load_recipe
 from edgetl.sample import make_image_folder
-
-
-@torch.no_grad()
-def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 32) -> nn.Module:
-    """Give BatchNorm non-trivial affine terms and statistics that fit its inputs, and the classifier
-    real-magnitude outputs, so folding and parity checks mean something (a fresh model has unit BN statistics,
-    collapsed activations and near-zero logits)."""
-    g = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-        m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    for _ in range(3):
-        model(torch.randn(8, 3, image_size, image_size, generator=g))
-    for m in norms:
-        m.momentum = 0.1
-    model.eval()
-    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    logits = model(torch.randn(8, 3, image_size, image_size, generator=g))
-    last_linear.weight.mul_(4.0 / logits.std().clamp_min(1e-6))
-    if last_linear.bias is not None:
-        last_linear.bias.zero_()
-    return model
-
-
-def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: int = 3, image_size: int = 32,
-             seed: int = 0, lora: dict | None = None) -> Path:
-    """A run directory with best.pt/last.pt, labels, preprocessing and a resolved recipe (with LoRA adapters
-    whose B matrices are non-zero when `lora` is a recipe [lora] section)."""
-    bb = get_backbone(backbone)
-    torch.manual_seed(seed)
-    model = randomize_for_parity(bb.build(num_classes), seed=seed, image_size=image_size)
-    recipe = parse_recipe({"backbone": backbone, "weights": "none", "image_size": image_size, "lora": lora,
-                           "phases": [{"name": "head", "epochs": 1}]})
-    lora_config = None
-    if recipe.lora is not None:
-        from edgetl.finetune import lora_config as make_config
-        from edgetl.lora import inject_lora, lora_parameters
-
-        lora_config = make_config(recipe.lora, model, bb.groups(model))
-        inject_lora(model, lora_config)
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in lora_parameters(model):
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    labels = [f"class_{i}" for i in range(num_classes)]
-    prep = bb.preprocessing.scaled(image_size)
-    meta = {"backbone": backbone, "num_classes": num_classes, "labels": labels, "preprocessing": prep.to_dict(),
-            "recipe": recipe.model_dump(), "recipe_sha256": recipe.digest(),
-            "lora": lora_config.to_dict() if lora_config else None}
-    run = root / (f"run-{backbone}" + ("-lora" if lora else ""))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    save_checkpoint(run / "checkpoints" / "best.pt", {**meta, "model": state, "val_acc": 0.9, "val_loss": 0.3, "epoch": 1})
-    save_checkpoint(run / "checkpoints" / "last.pt", {**meta, "model": state, "next_phase": 1, "next_epoch": 0,
-                                                     "global_epoch": 1, "best": {"val_loss": 0.3, "val_acc": 0.9, "epoch": 1},
-                                                     "early": None, "optimizer": None, "scheduler": None})
-    files.write_text(run / "recipe.resolved.toml", recipe.to_toml())
-    files.write_json(run / "labels.json", labels)
-    files.write_json(run / "preprocessing.json", prep.to_dict())
-    files.write_json(run / "split.json", {"source": "none", "train": [], "val": []})
-    return run
+from edgetl.testing import make_run
 
 
 @pytest.fixture

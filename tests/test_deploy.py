@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import make_run
+from edgetl.testing import make_run
 
 from edgetl.backbones import BACKBONES
 from edgetl.checkpoint import load_model

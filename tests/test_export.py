@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import make_run
+from edgetl.testing import make_run
 from onnx import external_data_helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner

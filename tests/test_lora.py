@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import randomize_for_parity
+from edgetl.testing import randomize_for_parity
 from edgetl.backbones import BACKBONES, get_backbone
 from edgetl.errors import RecipeError
 from edgetl.finetune import Batcher, Callbacks, configure_phase, lora_config, make_optimizer, set_train_mode, train_one_epoch, lr_factor

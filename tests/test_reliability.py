@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import make_run
+from edgetl.testing import make_run
 from PIL import Image
 from typer.testing import CliRunner
 

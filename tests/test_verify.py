@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_run
+from edgetl.testing import make_run
 from onnx import numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
