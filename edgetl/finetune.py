@@ -324,6 +324,32 @@ def compute_features(model: nn.Module, backbone: Backbone, data: Batcher, *, bat
     return torch.cat(feats)
 
 
+def phase_inputs(model: nn.Module, backbone: Backbone, phase: Phase, *, train: Batcher, val: Batcher, batch_size: int
+                 ) -> tuple[Batcher, Batcher, Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """What a phase iterates over and how it runs the model: (train data, val data, train forward, eval forward).
+
+    A head-only phase without augmentation trains the head on features computed once; with augmentation the
+    frozen backbone still runs without autograd.
+    """
+    head = backbone.head(model)
+    if phase.last_n == 0 and not phase.augment:
+        def cache(data: Batcher) -> Batcher:
+            feats = compute_features(model, backbone, data, batch_size=batch_size)
+            return Batcher(feats, data.y.to(data.device), data.preprocessing, data.device, features=True)
+
+        return cache(train), cache(val), head, head
+    train = Batcher(train.x, train.y, train.preprocessing, train.device, augment=phase.augment)
+    if phase.last_n != 0:
+        return train, val, model, model
+
+    def frozen_backbone(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = backbone.features(model, x)
+        return head(feats)
+
+    return train, val, frozen_backbone, model
+
+
 # --- the run -----------------------------------------------------------------------------------------------
 
 
@@ -484,24 +510,9 @@ def _fit(recipe: Recipe, prep: Prepared, *, run_dir: Path, callbacks: Callbacks,
                                            lora=recipe.lora)
             trainable_counts[phase.name] = count_trainable(groups)
             cached = phase.last_n == 0 and not phase.augment
-            head = backbone.head(model)
             features_started = time.perf_counter()
-            if cached:
-                train_data = Batcher(compute_features(model, backbone, train_images, batch_size=recipe.batch_size),
-                                     data.train.targets.to(device), preprocessing, device, features=True)
-                val_data = Batcher(compute_features(model, backbone, val_images, batch_size=recipe.batch_size),
-                                   data.val.targets.to(device), preprocessing, device, features=True)
-                forward, eval_forward = head, head
-            else:
-                train_data = Batcher(train_images.x, train_images.y, preprocessing, device, augment=phase.augment)
-                val_data, eval_forward = val_images, model
-                if phase.last_n == 0:
-                    def forward(x, _head=head):  # frozen backbone: features without autograd
-                        with torch.no_grad():
-                            feats = backbone.features(model, x)
-                        return _head(feats)
-                else:
-                    forward = model
+            train_data, val_data, forward, eval_forward = phase_inputs(
+                model, backbone, phase, train=train_images, val=val_images, batch_size=recipe.batch_size)
             steps = steps_per_epoch(len(train_data), recipe.batch_size)
             optimizer = make_optimizer(param_groups, recipe)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(phase, steps))
