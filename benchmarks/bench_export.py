@@ -160,9 +160,7 @@ def print_report(results: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    p = common.parser(SCRIPT, __doc__)
-    p.add_argument("--backbone", action="append", help="backbone (repeatable; default per mode)")
-    p.add_argument("--image-size", type=int, help="input size (default: 224; --quick: 64)")
+    p = common.parser(SCRIPT, __doc__, models=True)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for the latency (default: %(default)s)")
     args = p.parse_args()
     common.quiet_logs()

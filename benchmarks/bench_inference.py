@@ -130,9 +130,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     from edgetl.latency import all_threads
 
-    p = common.parser(SCRIPT, __doc__)
-    p.add_argument("--backbone", action="append", help="backbone (repeatable; default per mode)")
-    p.add_argument("--image-size", type=int, help="input size (default: 224; --quick: 64)")
+    p = common.parser(SCRIPT, __doc__, models=True)
     p.add_argument("--threads", type=int, action="append", help="thread count (repeatable; default: 1 and all cores)")
     args = p.parse_args()
     common.quiet_logs()

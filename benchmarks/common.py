@@ -37,8 +37,8 @@ if not console.is_terminal:  # piped into a log (make bench | tee): rich's 80-co
 # --- flags --------------------------------------------------------------------------------------------------
 
 
-def parser(script: str, doc: str | None) -> argparse.ArgumentParser:
-    """The flags every script takes: --quick / --full / --save / --out."""
+def parser(script: str, doc: str | None, *, models: bool = False) -> argparse.ArgumentParser:
+    """The flags every script takes: --quick / --full / --save / --out (and --backbone / --image-size with `models`)."""
     p = argparse.ArgumentParser(prog=f"benchmarks/{script}.py", description=(doc or "").strip().splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     size = p.add_mutually_exclusive_group()
@@ -47,6 +47,9 @@ def parser(script: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--save", action="store_true",
                    help="also merge the results into benchmarks/results/<machine>.json (committed)")
     p.add_argument("--out", type=Path, default=OUT_DIR / f"{script}.json", help="where to write the JSON (default: %(default)s)")
+    if models:
+        p.add_argument("--backbone", action="append", help="backbone (repeatable; default per mode)")
+        p.add_argument("--image-size", type=int, help="input size (default: 224; --quick: 64)")
     return p
 
 
