@@ -89,7 +89,8 @@ ExportOutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Expor
 
 
 def command(fn):
-    """Register a command whose EdgetlError becomes a one-line message and its exit code, never a traceback."""
+    """A command whose EdgetlError becomes a one-line message and its exit code, never a traceback.
+    (Registered at the end of this module, in the order `--help` lists them.)"""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -99,7 +100,7 @@ def command(fn):
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
-    return app.command()(wrapper)
+    return wrapper
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -337,6 +338,10 @@ def info(run_dir: PredictRunArg) -> None:
 
     for table in info_tables(describe(run_dir)):
         console.print(table)
+
+
+for _command in (run, train, export, verify, predict, info, recipes):
+    app.command()(_command)
 
 
 def main() -> None:
