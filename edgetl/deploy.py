@@ -11,8 +11,6 @@ convolution feeds which BatchNorm (the only reliable way: module order is not da
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +22,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgetl.errors import ExportError
+from edgetl.lora import count_lora, merge_lora
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +60,6 @@ class _LeafTracer(torch.fx.Tracer):
 
 def count_bn(model: nn.Module) -> int:
     return sum(isinstance(m, _BatchNorm) for m in model.modules())
-
-
-def _lora():
-    """edgetl.lora when it is installed (it is optional until adapters ship), else None."""
-    return importlib.import_module("edgetl.lora") if importlib.util.find_spec("edgetl.lora") else None
-
-
-def count_lora(model: nn.Module) -> int:
-    lora = _lora()
-    return lora.count_lora(model) if lora else 0
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    lora = _lora()
-    return lora.merge_lora(model) if lora and lora.count_lora(model) else model
 
 
 def _copy(model: nn.Module) -> nn.Module:
