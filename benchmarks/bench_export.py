@@ -21,6 +21,7 @@ what it is worth at run time.
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
 import time
@@ -46,13 +47,13 @@ def export_plain(run_dir: Path, path: Path, *, image_size: int, optimize: bool) 
     """`torch.onnx.export` of the checkpoint's raw eval model (BN unfolded), as edgetl's writer calls it; seconds."""
     import torch
 
-    from edgetl.checkpoint import load_model
-    from edgetl.export import INPUT_NAME, OUTPUT_NAME, _quiet
+    from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, quiet
+    from edgetl.train.checkpoint import load_model
 
     model, _ = load_model(run_dir / "checkpoints" / "best.pt")
     example = torch.randn(2, 3, image_size, image_size)
     start = time.perf_counter()
-    with _quiet("onnxscript", "onnx_ir"):
+    with quiet("onnxscript", "onnx_ir"):
         torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, verbose=False, external_data=False,
                           optimize=optimize, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_shapes=({0: "batch"},))
@@ -64,10 +65,10 @@ def warm_up_exporter(folder: Path) -> float:
     (imports, op registry) that every later export in the process skips; returns those seconds."""
     import torch
 
-    from edgetl.export import _quiet
+    from edgetl.formats.base import quiet
 
     start = time.perf_counter()
-    with _quiet("onnxscript", "onnx_ir"):
+    with quiet("onnxscript", "onnx_ir"):
         torch.onnx.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),), str(folder / "warm-up.onnx"),
                           dynamo=True, verbose=False, external_data=False)
     return time.perf_counter() - start
@@ -94,8 +95,8 @@ def ort_optimized_ops(path: Path, out: Path) -> Counter:
 def bench_backbone(backbone: str, *, root: Path, image_size: int, threads: int, plan) -> dict[str, Any]:
     import numpy as np
 
-    from edgetl.export import export_run
-    from edgetl.latency import time_runner
+    from edgetl.export.stage import export_run
+    from edgetl.verify.latency import time_runner
 
     run_dir = common.make_fake_run(root, backbone=backbone, image_size=image_size)
     start = time.perf_counter()
@@ -111,7 +112,7 @@ def bench_backbone(backbone: str, *, root: Path, image_size: int, threads: int, 
         ops, optimized = op_counts(path), ort_optimized_ops(path, root / f"{path.stem}.ort-optimized.onnx")
         latency = {}
         for level in LEVELS:
-            t = time_runner(lambda: common.onnx_session(path, threads=threads, level=level), runtime=f"onnx/{level}",
+            t = time_runner(functools.partial(common.onnx_session, path, threads=threads, level=level), runtime=f"onnx/{level}",
                             x=x, threads=threads, plan=plan, file=path)
             latency[level] = {"p50_ms": t.p50_ms, "p90_ms": t.p90_ms, "iterations": t.iterations}
         graphs[name] = {"file_bytes": path.stat().st_size, "nodes": sum(ops.values()),

@@ -8,10 +8,10 @@ Each backbone is a random model with realistic BatchNorm statistics written as a
 speed does not depend on the weights' values), exported with `edgetl.export.export_run` (BN folded, ONNX +
 TorchScript). Timed per thread count (1, and every core this process may use), batch 1:
 
-* onnx: onnxruntime CPUExecutionProvider on `model.onnx` (edgetl.runtimes.load_onnx, ORT_ENABLE_ALL)
-* eager NCHW: the checkpoint as PyTorch runs it, unfolded (edgetl.runtimes.load_eager), inference_mode
+* onnx: onnxruntime CPUExecutionProvider on `model.onnx` (edgetl.formats.onnx.load_onnx, ORT_ENABLE_ALL)
+* eager NCHW: the checkpoint as PyTorch runs it, unfolded (edgetl.verify.latency.load_eager), inference_mode
 * eager channels_last: the same model and input converted to channels_last (the conversion is timed)
-* torchscript: the exported frozen trace (edgetl.runtimes.load_torchscript)
+* torchscript: the exported frozen trace (edgetl.formats.torchscript.load_torchscript)
 
 Timing is edgetl.latency.time_runner: perf_counter_ns around each call, warm-up excluded, adaptive iteration
 count (reported). Achieved GFLOP/s = 2·MACs / p50 (MACs: conv + matmul, torch's FlopCounterMode, as in the
@@ -21,6 +21,7 @@ same thread count, measured right before that backbone's runs.
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
 import time
@@ -44,12 +45,14 @@ def runners(run_dir: Path) -> dict[str, Any]:
     """runtime name -> (make(threads) -> runner, file it times)."""
     import torch
 
-    from edgetl.runtimes import load_eager, load_onnx, load_torchscript
+    from edgetl.formats.onnx import load_onnx
+    from edgetl.formats.torchscript import load_torchscript
+    from edgetl.verify.latency import load_eager
 
     best, export = run_dir / "checkpoints" / "best.pt", run_dir / "export"
 
     def channels_last(path: Path, *, threads: int):
-        from edgetl.checkpoint import load_model
+        from edgetl.train.checkpoint import load_model
 
         model, _ = load_model(path)
         model = model.eval().to(memory_format=torch.channels_last)
@@ -67,8 +70,8 @@ def runners(run_dir: Path) -> dict[str, Any]:
 def bench_backbone(backbone: str, *, root: Path, image_size: int, thread_counts: list[int], plan, matmul_n: int) -> dict[str, Any]:
     import numpy as np
 
-    from edgetl.export import export_run
-    from edgetl.latency import time_runner
+    from edgetl.export.stage import export_run
+    from edgetl.verify.latency import time_runner
 
     run_dir = common.make_fake_run(root, backbone=backbone, image_size=image_size)
     exported = export_run(run_dir, formats=("onnx", "torchscript"))
@@ -80,7 +83,7 @@ def bench_backbone(backbone: str, *, root: Path, image_size: int, thread_counts:
         peaks[threads] = peak
         eager_p50 = None
         for name, (load, path) in runners(run_dir).items():
-            t = time_runner(lambda: load(path, threads=threads), runtime=name, x=x, threads=threads, plan=plan, file=path)
+            t = time_runner(functools.partial(load, path, threads=threads), runtime=name, x=x, threads=threads, plan=plan, file=path)
             gflops = 2 * macs / (t.p50_ms * 1e6) if macs else None
             if name == "eager NCHW":
                 eager_p50 = t.p50_ms
@@ -128,7 +131,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    from edgetl.latency import all_threads
+    from edgetl.verify.latency import all_threads
 
     p = common.parser(SCRIPT, __doc__, models=True)
     p.add_argument("--threads", type=int, action="append", help="thread count (repeatable; default: 1 and all cores)")

@@ -8,7 +8,7 @@ Both sides get the same backbone and ImageNet weights (`edgetl.weights.load_pret
 (the train/ and val/ folders), the same number of epochs, input size, seed, batch size and optimizer family
 (AdamW, the recipe's weight decay). They differ in everything the recipe and the trainer add:
 
-* edgetl: `edgetl.finetune.train` with the recipe (`--recipe`, patience forced to 0 so both sides run every
+* edgetl: `edgetl.train.train` with the recipe (`--recipe`, patience forced to 0 so both sides run every
   epoch): images decoded once, a head phase on cached features, partial unfreezing with per-depth rates,
   frozen BatchNorm, warmup + cosine, label smoothing, channels_last, no per-step host sync.
 * plain: `torchvision.datasets.ImageFolder` + `Compose([RandomResizedCrop, RandomHorizontalFlip, ToTensor,
@@ -69,7 +69,8 @@ def edgetl_recipe(cfg: dict[str, Any]):
 
 def run_edgetl(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     """`edgetl train` through its library entry point; one record per epoch, stamped with the wall clock."""
-    from edgetl.finetune import Callbacks, train
+    from edgetl.train import train
+    from edgetl.train.epoch import Callbacks
 
     recipe = edgetl_recipe(cfg)
     epochs: list[dict[str, Any]] = []
@@ -102,8 +103,8 @@ def run_plain(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     from torchvision import datasets, transforms
 
     from edgetl.backbones import get_backbone
-    from edgetl.finetune import select_device
-    from edgetl.weights import load_pretrained
+    from edgetl.train.epoch import select_device
+    from edgetl.train.weights import load_pretrained
 
     device = select_device(cfg["device"])
     backbone = get_backbone(cfg["backbone"])
@@ -161,7 +162,7 @@ def _progress(side: str, e: dict[str, Any]) -> None:
 
 
 def data_root(spec: str) -> Path:
-    from edgetl.sample import ensure_sample
+    from edgetl.train.sample import ensure_sample
 
     return ensure_sample() if spec == "sample" else Path(spec)
 
@@ -296,7 +297,7 @@ def main() -> None:
     rows = []
     with common.others_load() as noise, tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         if mode_name == "quick" and not args.data:
-            from edgetl.sample import make_image_folder
+            from edgetl.train.sample import make_image_folder
 
             mode["data"] = str(make_image_folder(Path(tmp) / "data", classes=3, per_class=8, val_per_class=4, size=56, seed=0))
         for backbone in args.backbone or mode["backbones"]:

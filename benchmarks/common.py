@@ -62,7 +62,7 @@ def mode_of(args: argparse.Namespace) -> str:
 
 def fingerprint() -> dict[str, Any]:
     """edgetl's machine fingerprint (CPU model, cores, ISA, onnxruntime) plus a short file-name slug."""
-    from edgetl.latency import machine_fingerprint
+    from edgetl.verify.latency import machine_fingerprint
 
     fp = machine_fingerprint()
     cpu = re.sub(r"[^a-z0-9]+", "-", fp["cpu_model"].lower()).strip("-")[:40] or "cpu"
@@ -90,7 +90,7 @@ def warn_if_busy(seconds: float = 1.0) -> dict[str, float]:
     """
     import psutil
 
-    from edgetl.latency import all_threads
+    from edgetl.verify.latency import all_threads
 
     busy = psutil.cpu_percent(interval=seconds)
     load = os.getloadavg()[0]
@@ -233,7 +233,7 @@ def peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, float | None]]:
 
 def timing_plan(mode: str):
     """How long each latency setting is timed, per mode (edgetl.latency's adaptive plan)."""
-    from edgetl.latency import TimingPlan
+    from edgetl.verify.latency import TimingPlan
 
     return {"quick": TimingPlan(seconds=0.2, min_iterations=5, max_seconds=0.5, warmup=2),
             "default": TimingPlan(seconds=1.0, min_iterations=30, max_seconds=3.0, warmup=5),
@@ -249,7 +249,7 @@ def matmul_peak(*, threads: int, n: int, seconds: float = 1.0) -> dict[str, Any]
     import numpy as np
     import torch
 
-    from edgetl.latency import torch_threads
+    from edgetl.verify.latency import torch_threads
 
     g = torch.Generator().manual_seed(0)
     a, b, out = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g), torch.empty(n, n)

@@ -1,4 +1,4 @@
-"""The user-facing error types. Only `cli.py` turns them into an exit code and a one-line message.
+"""The user-facing error types. Only `edgetl.cli` turns them into an exit code and a one-line message.
 
     raise RecipeError("recipes/x.toml: phases.0.epochs: must be > 0 (got -1)")
 """
@@ -50,3 +50,15 @@ class VerifyFailed(EdgetlError):
     """A verification bar failed (exit code 1, the CI gate)."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException, *, limit: int = 200) -> str:
+    """The first line of an exception's text (its type name when it has none), cut to `limit` characters:
+    libraries raise multi-page messages, and a one-line error must stay one line."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def describe_error(e: BaseException, *, limit: int = 200) -> str:
+    """`Type: first line` for a library's exception; an EdgetlError's own text needs no type name."""
+    return first_line(e, limit=limit) if isinstance(e, EdgetlError) else f"{type(e).__name__}: {first_line(e, limit=limit)}"

@@ -1,59 +1,202 @@
-"""Where a run directory stands: which stages finished, and what they produced.
+"""The stages in order: what `edgetl run` (and each single-stage command) does, without any rendering.
 
-    stage = first_unfinished(Path("artifacts/my-run"))   # "train" | "export" | "verify"
+    outcome = run_pipeline(TrainRequest(recipe="quickstart"), out=Path("artifacts/demo"), hooks=Hooks())
 
-The run directory is the contract between the stages, so this reads only files the stages write last:
-train.json (end of training), export/manifest.json (written last by export), verify.json.
+`run` = train -> export -> verify; with `resume`, it continues at the first stage whose closing file is
+missing or older than the previous stage's (train.json, export/manifest.json, verify.json), and training
+continues from last.pt when it was cut. `compare_scratch` trains the same resolved recipe from random weights
+into RUN/scratch. The caller renders progress and results through `Hooks` (the CLI's rich bars and tables;
+nothing in a notebook), so the CLI and a Python API share this one code path.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetl import files, rundir
 from edgetl.errors import RunDirError
+from edgetl.rundir import STAGES, Manifest, RunDir, TrainSummary, VerifyReport
 
-STAGES = ("train", "export", "verify")
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `edgetl train` / `edgetl run` ask of the train stage."""
+
+    recipe: str = "quickstart"  # a shipped recipe's name or a .toml path
+    overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys from flags; None values are ignored
+    epochs_scale: float | None = None
+    device: str = "auto"
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class ExportRequest:
+    formats: tuple[str, ...] = ("all",)
+    opset: int | None = None
+    batch: int | None = None
+    checkpoint: str = "best"
+    out: Path | None = None
+
+
+class Hooks:
+    """Where the stages report progress and results; every method is optional (silent by default)."""
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[Any]:
+        """Around a training run; yields the trainer's progress callbacks (edgetl.train.epoch.Callbacks)."""
+        yield None
+
+    def trained(self, summary: TrainSummary) -> None: ...
+
+    @contextlib.contextmanager
+    def exporting(self) -> Iterator[None]:
+        yield
+
+    def exported(self, result: Any) -> None: ...
+
+    @contextlib.contextmanager
+    def verifying(self) -> Iterator[Callable[[str], None]]:
+        """Around verify; yields a function that takes the name of the step verify is at."""
+        yield lambda step: None
+
+    def verified(self, result: Any) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_dir: Path
+    train: TrainSummary
+    manifest: Manifest
+    verify: VerifyReport
+    scratch: TrainSummary | None
+    seconds: float
+
+
+def default_run_dir(recipe: str) -> Path:
+    return Path("artifacts") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(recipe).stem}"
+
+
+def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path | None = None,
+                hooks: Hooks | None = None) -> TrainSummary:
+    """A new run into `out` (default artifacts/<time>-<recipe>), or the interrupted run `resume` continued."""
+    from edgetl import train
+    from edgetl.recipe import load_recipe
+
+    hooks = hooks or Hooks()
+    with hooks.training() as callbacks:
+        if resume is not None:
+            summary = train.resume(resume, device=request.device, callbacks=callbacks)
+        else:
+            resolved = load_recipe(request.recipe, overrides=request.overrides, epochs_scale=request.epochs_scale)
+            summary = train.train(resolved, run_dir=out or default_run_dir(request.recipe), device=request.device,
+                                  callbacks=callbacks)
+    hooks.trained(summary)
+    return summary
+
+
+def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hooks: Hooks | None = None) -> Any:
+    from edgetl.export import export_run
+
+    hooks = hooks or Hooks()
+    with hooks.exporting():
+        result = export_run(run_dir, formats=request.formats, opset=request.opset, batch=request.batch,
+                            checkpoint=request.checkpoint, out=request.out)
+    hooks.exported(result)
+    return result
+
+
+def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None = None,
+                 hooks: Hooks | None = None) -> Any:
+    """verify_run with its progress reported; ChecksFailed (exit 1) carries the whole report."""
+    from edgetl.verify import VerifySettings, verify_run
+
+    hooks = hooks or Hooks()
+    with hooks.verifying() as progress:
+        result = verify_run(run_dir, settings or VerifySettings(), json_path=json_path, progress=progress)
+    hooks.verified(result)
+    return result
+
+
+def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path | None = None,
+                 export: ExportRequest = ExportRequest(), verify: Any = None, compare_scratch: bool = False,
+                 hooks: Hooks | None = None) -> RunOutcome:
+    """train -> export -> verify (from the first unfinished stage with `resume`), then the scratch comparison."""
+    hooks = hooks or Hooks()
+    started = time.perf_counter()
+    run_dir = Path(resume or out or default_run_dir(request.recipe))
+    run = RunDir(run_dir)
+    stage = first_unfinished(run_dir) if resume else "train"
+    todo = STAGES[STAGES.index(stage):] if stage else ("verify",)
+    if resume:
+        hooks.note(f"resuming {run_dir} at {todo[0]}")
+    if "train" in todo:
+        partial = resume is not None and run.checkpoint("last").is_file()
+        train_stage(request, out=run_dir, resume=run_dir if partial else None, hooks=hooks)
+    if "export" in todo:
+        export_stage(run_dir, export, hooks=hooks)
+    result = verify_stage(run_dir, verify, hooks=hooks)
+    scratch = None
+    if compare_scratch:
+        scratch_dir = run.root / "scratch"
+        if not RunDir(scratch_dir).train_json.is_file():
+            hooks.note("training the same recipe from random weights (--compare-scratch)")
+            train_stage(TrainRequest(recipe=str(run.recipe), overrides={"weights": "none"}, device=request.device),
+                        out=scratch_dir, hooks=hooks)
+        scratch = rundir.read_train_summary(RunDir(scratch_dir).train_json)
+    return RunOutcome(run_dir=run_dir, train=rundir.read_train_summary(run.train_json),
+                      manifest=rundir.read_manifest(run.manifest), verify=result.report, scratch=scratch,
+                      seconds=time.perf_counter() - started)
+
+
+# --- where a run directory stands ---------------------------------------------------------------------------
+
+
+def _readable(path: Path, read: Callable[[Path], Any]) -> Any | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read(path)
+    except RunDirError:
         return None
-
-
-def stage_files(run_dir: Path) -> dict[str, Path]:
-    return {"train": run_dir / "train.json", "export": run_dir / "export" / "manifest.json", "verify": run_dir / "verify.json"}
 
 
 def first_unfinished(run_dir: Path) -> str | None:
     """The first stage whose closing file is missing or older than the stage before it; None when all are done."""
-    if not run_dir.is_dir():
+    if not Path(run_dir).is_dir():
         raise RunDirError(f"run directory {run_dir} not found")
+    readers = {"train": rundir.read_train_summary, "export": rundir.read_manifest, "verify": rundir.read_verify_report}
     previous = 0.0
-    for stage, path in stage_files(run_dir).items():
-        if not path.is_file() or path.stat().st_mtime < previous or _read(path) is None:
+    for stage, path in RunDir(run_dir).stage_files().items():
+        if not path.is_file() or path.stat().st_mtime < previous or _readable(path, readers[stage]) is None:
             return stage
         previous = path.stat().st_mtime
     return None
 
 
-def describe(run_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunInfo:
     """Everything `edgetl info` shows, from the run directory's own files."""
-    if not (run_dir / "recipe.resolved.toml").is_file():
-        raise RunDirError(f"{run_dir} is not an edgetl run directory (no recipe.resolved.toml) — pass the --out of `edgetl train`")
-    files = stage_files(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
-    return {
-        "run_dir": str(run_dir),
-        "recipe": (run_dir / "recipe.resolved.toml").read_text(encoding="utf-8"),
-        "labels": _read(run_dir / "labels.json"),
-        "epochs_done": len(metrics),
-        "train": _read(files["train"]),
-        "manifest": _read(files["export"]),
-        "verify": _read(files["verify"]),
-        "next_stage": first_unfinished(run_dir),
-    }
+
+    run_dir: Path
+    recipe: Any  # edgetl.recipe.Recipe
+    labels: list[str] | None
+    epochs_done: int
+    train: TrainSummary | None
+    manifest: Manifest | None
+    verify: VerifyReport | None
+    next_stage: str | None
+
+
+def describe(run_dir: Path) -> RunInfo:
+    run = RunDir(run_dir)
+    recipe = rundir.read_recipe(run)
+    labels = _readable(run.labels, lambda p: files.read_json(p, what="labels file"))
+    return RunInfo(run_dir=run.root, recipe=recipe, labels=labels, epochs_done=len(rundir.read_metrics(run.metrics)),
+                   train=_readable(run.train_json, rundir.read_train_summary),
+                   manifest=_readable(run.manifest, rundir.read_manifest),
+                   verify=_readable(run.verify_json, rundir.read_verify_report),
+                   next_stage=first_unfinished(run_dir))

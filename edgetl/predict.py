@@ -1,9 +1,10 @@
-"""Classify images with the exported ONNX model and the manifest alone — what a device does.
+"""Classify images with an exported file and the manifest alone — what a device does.
 
     edgetl predict artifacts/my-run cat.jpg dog.png --top-k 3
 
-No checkpoint and no training code: onnxruntime on `export/model.onnx`, preprocessing from
-`export/manifest.json` (`device_preprocess`), the file's sha256 checked against the manifest first.
+No checkpoint and no training code: the first artifact of the manifest that has a runtime here (the ONNX
+file, in onnxruntime, for a default export), its sha256 checked against the manifest first, and the
+manifest's preprocessing (`edgetl.preprocessing`).
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from edgetl.device_preprocess import preprocess_image
+from edgetl import rundir
 from edgetl.errors import DataError, RunDirError, VerifyFailed
-from edgetl.files import read_json, sha256_file
-from edgetl.parity import softmax
-from edgetl.runtimes import load_onnx
+from edgetl.files import sha256_file
+from edgetl.formats import FORMATS
+from edgetl.formats.base import Runner
+from edgetl.images import UnusableImageError
+from edgetl.preprocessing import preprocess_image
+from edgetl.rundir import Manifest
+from edgetl.verify.parity import softmax
 
 
 @dataclass
@@ -40,34 +44,37 @@ def find_export(path: Path) -> Path:
     raise RunDirError(f"no export/manifest.json under {path} — run `edgetl export {path}` first")
 
 
-def _onnx_artifact(export_dir: Path, manifest: dict[str, Any]) -> Path:
-    onnx = [a for a in manifest.get("artifacts", []) if a.get("format") == "onnx"]
-    if not onnx:
-        raise RunDirError(f"{export_dir / 'manifest.json'} lists no ONNX file — run `edgetl export --format onnx`")
-    path = export_dir / onnx[0]["file"]
+def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None) -> Runner:
+    """The first listed artifact with a runtime here, loaded once its sha256 matches the manifest."""
+    runnable = [a for a in manifest.artifacts if a.format in FORMATS]
+    if not runnable:
+        raise RunDirError(f"{export_dir / 'manifest.json'} lists no file edgetl can run (known formats: "
+                          f"{', '.join(FORMATS)}) — run `edgetl export`")
+    artifact = runnable[0]
+    path = export_dir / artifact.file
     if not path.is_file():
         raise RunDirError(f"{path} is listed in the manifest but missing — re-run `edgetl export`")
     digest = sha256_file(path)
-    if digest != onnx[0]["sha256"]:
-        raise VerifyFailed(f"{path}: sha256 {digest[:12]}… does not match the manifest ({onnx[0]['sha256'][:12]}…); "
+    if digest != artifact.sha256:
+        raise VerifyFailed(f"{path}: sha256 {digest[:12]}… does not match the manifest ({artifact.sha256[:12]}…); "
                            "the file changed after export — re-export it")
-    return path
+    return FORMATS[artifact.format].load(path, threads=threads)
 
 
 def predict(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5, threads: int | None = None) -> list[Prediction]:
     if not images:
         raise DataError("no image given — pass one or more image files")
     export_dir = find_export(Path(path))
-    manifest = read_json(export_dir / "manifest.json", what="export manifest")
-    runner = load_onnx(_onnx_artifact(export_dir, manifest), threads=threads)
-    labels: list[str] = manifest["labels"]
+    manifest = rundir.read_manifest(export_dir / "manifest.json")
+    runner = load_artifact(export_dir, manifest, threads=threads)
+    labels = manifest.labels
     batch = []
     for image in images:
         try:
-            batch.append(preprocess_image(image, manifest["preprocessing"]))
-        except (OSError, ValueError) as e:
+            batch.append(preprocess_image(image, manifest.preprocessing))
+        except (UnusableImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {image}: {e}") from None
-    fixed = manifest["input"]["shape"][0]
+    fixed = manifest.input.shape[0]
     x = np.stack(batch)
     if isinstance(fixed, int):  # a fixed-batch export: one call per image, padded
         logits = np.concatenate([runner(np.concatenate([x[i:i + 1]] * fixed))[:1] for i in range(len(x))])

@@ -1,16 +1,42 @@
-"""Preprocessing as typed data: what a device must do to an image before the model sees it.
+"""What a device must do to an image before the model sees it: typed data, and the steps in PIL + numpy.
 
-    Preprocessing.from_transforms(ResNet18_Weights.DEFAULT.transforms()).scaled(128)
+    prep = Preprocessing.from_transforms(ResNet18_Weights.DEFAULT.transforms()).scaled(128)
+    x = preprocess_batch(["cat.jpg"], prep)   # float32 [1, 3, crop, crop]
 
-It travels with the weights (taken from `weights.transforms()` / timm's pretrained config, never retyped),
-into the run directory (`preprocessing.json`), the manifest and the ONNX metadata.
+`Preprocessing` travels with the weights (taken from `weights.transforms()` / timm's pretrained config, never
+retyped), into the run directory (`preprocessing.json`), the manifest and the ONNX metadata.
+
+The steps need no torch and no training code: they are the reference a device port copies, and `edgetl
+verify` feeds their output to the exported files, so a mismatch between the manifest and the training
+transform shows up as a parity or accuracy failure instead of a silent accuracy drop on the device. They are
+torchvision's eval transform spelled out: decode (`edgetl.images`), resize of the shorter side with PIL's
+antialiased filter (the longer side truncated, as torchvision does), center crop with torchvision's rounding,
+/255, normalize, CHW float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgetl.errors import RunDirError
+from edgetl.images import load_image
+
+# manifest name -> PIL filter; the names are torchvision's InterpolationMode values.
+INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 @dataclass(frozen=True)
@@ -71,3 +97,63 @@ class Preprocessing:
         kw = {k: v for k, v in d.items() if k in fields}
         kw["mean"], kw["std"] = tuple(kw["mean"]), tuple(kw["std"])
         return cls(**kw)
+
+    @classmethod
+    def coerce(cls, value: Preprocessing | Mapping[str, Any]) -> Preprocessing:
+        """A Preprocessing as it is, or from its JSON form (preprocessing.json, the manifest)."""
+        return value if isinstance(value, cls) else cls.from_dict(value)
+
+
+def resize_shorter_side(img: Image.Image, size: int, *, interpolation: str) -> Image.Image:
+    """Shorter side to `size`, aspect kept; the longer side is truncated (`int`), as torchvision does."""
+    if interpolation not in INTERPOLATION:
+        raise RunDirError(f"manifest preprocessing: unknown interpolation {interpolation!r}; "
+                          f"known: {', '.join(INTERPOLATION)}")
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), resample=INTERPOLATION[interpolation])
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """A `size` square from the middle; offsets rounded half to even like torchvision's `round`."""
+    w, h = img.size
+    if size > w or size > h:
+        raise RunDirError(f"manifest preprocessing: crop {size} px is larger than the resized image {w}x{h} — "
+                          f"resize_size must be >= crop_size")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_chw(img: Image.Image, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 HWC -> float32 CHW, x / 255 then (x - mean) / std, in float32 like the model was trained."""
+    x = np.asarray(img, dtype=np.float32) / np.float32(255)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_image(image: str | os.PathLike | Image.Image, preprocessing: Preprocessing | Mapping[str, Any]
+                     ) -> np.ndarray:
+    """One image (a path or a decoded PIL image) -> float32 [3, crop, crop], per the manifest.
+
+    A file that cannot be used raises `edgetl.images.UnusableImageError` with the reason."""
+    prep = Preprocessing.coerce(preprocessing)
+    if prep.channel_order != "RGB" or prep.layout != "NCHW":
+        raise RunDirError(f"manifest preprocessing: only RGB / NCHW is supported (got {prep.channel_order} / "
+                          f"{prep.layout})")
+    img = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+    img = resize_shorter_side(img, prep.resize_size, interpolation=prep.interpolation)
+    img = center_crop(img, prep.crop_size)
+    return to_chw(img, mean=prep.mean, std=prep.std)
+
+
+def preprocess_batch(images: Sequence[str | os.PathLike | Image.Image],
+                     preprocessing: Preprocessing | Mapping[str, Any]) -> np.ndarray:
+    """Several images -> float32 [N, 3, crop, crop]."""
+    prep = Preprocessing.coerce(preprocessing)
+    if not images:
+        return np.zeros((0, 3, prep.crop_size, prep.crop_size), dtype=np.float32)
+    return np.stack([preprocess_image(image, prep) for image in images])

@@ -15,8 +15,10 @@ from torch import nn
 
 from edgetl import files
 from edgetl.backbones import get_backbone
-from edgetl.checkpoint import save_checkpoint
 from edgetl.recipe import parse_recipe
+from edgetl.rundir import CheckpointMeta, RunDir
+from edgetl.train.checkpoint import save_checkpoint
+from edgetl.train.state import Best, TrainState
 
 
 @torch.no_grad()
@@ -57,8 +59,8 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
                            "phases": [{"name": "head", "epochs": 1}]})
     lora_config = None
     if recipe.lora is not None:
-        from edgetl.finetune import lora_config as make_config
-        from edgetl.lora import inject_lora, lora_parameters
+        from edgetl.train.lora import inject_lora, lora_parameters
+        from edgetl.train.phases import lora_config as make_config
 
         lora_config = make_config(recipe.lora, model, bb.groups(model))
         inject_lora(model, lora_config)
@@ -67,17 +69,18 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
             p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
     labels = [f"class_{i}" for i in range(num_classes)]
     prep = bb.preprocessing.scaled(image_size)
-    meta = {"backbone": backbone, "num_classes": num_classes, "labels": labels, "preprocessing": prep.to_dict(),
-            "recipe": recipe.model_dump(), "recipe_sha256": recipe.digest(),
-            "lora": lora_config.to_dict() if lora_config else None}
-    run = root / (f"run-{backbone}" + ("-lora" if lora else ""))
+    meta = CheckpointMeta(backbone=backbone, num_classes=num_classes, labels=labels, preprocessing=prep,
+                          recipe=recipe.model_dump(), recipe_sha256=recipe.digest(),
+                          lora=lora_config.to_dict() if lora_config else None)
+    run = RunDir(root / (f"run-{backbone}" + ("-lora" if lora else "")))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    save_checkpoint(run / "checkpoints" / "best.pt", {**meta, "model": state, "val_acc": 0.9, "val_loss": 0.3, "epoch": 1})
-    save_checkpoint(run / "checkpoints" / "last.pt", {**meta, "model": state, "next_phase": 1, "next_epoch": 0,
-                                                     "global_epoch": 1, "best": {"val_loss": 0.3, "val_acc": 0.9, "epoch": 1},
-                                                     "early": None, "optimizer": None, "scheduler": None})
-    files.write_text(run / "recipe.resolved.toml", recipe.to_toml())
-    files.write_json(run / "labels.json", labels)
-    files.write_json(run / "preprocessing.json", prep.to_dict())
-    files.write_json(run / "split.json", {"source": "none", "train": [], "val": []})
-    return run
+    best = meta.model_copy(update={"val_acc": 0.9, "val_loss": 0.3, "epoch": 1})
+    save_checkpoint(run.checkpoint("best"), {**best.model_dump(mode="json"), "model": state})
+    last = TrainState(next_phase=1, global_epoch=1, best=Best(val_loss=0.3, val_acc=0.9, epoch=1))
+    save_checkpoint(run.checkpoint("last"), {**meta.model_dump(mode="json", exclude={"epoch", "val_acc", "val_loss"}),
+                                             "model": state, **last.to_checkpoint()})
+    files.write_text(run.recipe, recipe.to_toml())
+    files.write_json(run.labels, labels)
+    files.write_json(run.preprocessing, prep.to_dict())
+    files.write_json(run.split, {"source": "none", "train": [], "val": []})
+    return run.root

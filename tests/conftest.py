@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgetl.recipe import load_recipe
-from edgetl.sample import make_image_folder
 from edgetl.testing import make_run
+from edgetl.train.sample import make_image_folder
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def straight(tiny, tmp_path_factory):
     data, recipe_path = tiny
     recipe = load_recipe(str(recipe_path), overrides={"data": str(data)})
     run = tmp_path_factory.mktemp("straight")
-    from edgetl import finetune
+    from edgetl.train import train
 
-    finetune.train(recipe, run_dir=run, device="cpu")
+    train(recipe, run_dir=run, device="cpu")
     return recipe, run

@@ -12,9 +12,9 @@ from PIL import Image
 from torchvision.transforms import v2
 from typer.testing import CliRunner
 
-from edgetl.checkpoint import load_model
 from edgetl.cli import app
-from edgetl.device_preprocess import preprocess_batch
+from edgetl.preprocessing import preprocess_batch
+from edgetl.train.checkpoint import load_model
 
 runner = CliRunner()
 FAST_VERIFY = ["--latency-seconds", "0.05", "--samples", "8"]
@@ -83,7 +83,7 @@ def test_predict_unknown_run_and_bad_image(finished_run, tmp_path):
 
 def test_predict_matches_pytorch_on_real_photos(tmp_path):
     """Fine-tune the lite0 quickstart a few steps, export, and classify photos shipped by scikit-image."""
-    from edgetl.sample import make_image_folder
+    from edgetl.train.sample import make_image_folder
 
     data = make_image_folder(tmp_path / "data", classes=3, per_class=8, size=64, seed=1)
     run = tmp_path / "run"

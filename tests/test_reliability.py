@@ -20,15 +20,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from edgetl.testing import make_run
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgetl.checkpoint import load_checkpoint, save_checkpoint
 from edgetl.cli import app
 from edgetl.errors import EdgetlError
 from edgetl.files import atomic_path, write_bytes, write_json
-from edgetl.sample import make_image_folder
+from edgetl.testing import make_run
+from edgetl.train.checkpoint import load_checkpoint, save_checkpoint
+from edgetl.train.sample import make_image_folder
 
 runner = CliRunner()
 UNICODE_CLASS = "café_☕"
@@ -197,12 +197,14 @@ def test_a_class_only_in_val_is_named_before_anything_is_written(tiny, tmp_path)
 
 
 def test_the_device_decodes_a_16_bit_png_as_training_did(messy):
-    from edgetl.data import load_image
-    from edgetl.device_preprocess import load_rgb
+    from edgetl.images import load_image
+    from edgetl.preprocessing import preprocess_image
 
     path = messy / "val" / "ring" / "gray16.png"
     assert load_image(path).getpixel((0, 0)) == (117, 117, 117)  # 30000 / 257
-    assert load_rgb(path).getpixel((0, 0)) == load_image(path).getpixel((0, 0))
+    # One decoder: the device path reads the same pixel (117 / 255 normalised), not PIL's clipped white.
+    prep = {"crop_size": 1, "resize_size": 1, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "nearest"}
+    assert preprocess_image(path, prep)[:, 0, 0] == pytest.approx([117 / 255] * 3)
 
 
 # --- unwritable and full disks ---------------------------------------------------------------------------------
@@ -210,10 +212,9 @@ def test_the_device_decodes_a_16_bit_png_as_training_did(messy):
 def test_a_full_disk_midway_keeps_the_previous_file_and_no_temp_file(tmp_path):
     target = tmp_path / "labels.json"
     target.write_text('["old"]')
-    with pytest.raises(EdgetlError) as e:
-        with atomic_path(target) as tmp:
-            tmp.write_text('["new", "but cut')
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+    with pytest.raises(EdgetlError) as e, atomic_path(target) as tmp:
+        tmp.write_text('["new", "but cut')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
     message = str(e.value)
     assert message == f"cannot write {target}: No space left on device — the previous file is left intact"
     assert target.read_text() == '["old"]' and sorted(tmp_path.iterdir()) == [target]

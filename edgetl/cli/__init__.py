@@ -1,0 +1,217 @@
+"""The `edgetl` command line: parse flags, call one pipeline function, render its result. No logic here.
+
+    edgetl train --recipe quickstart --data sample
+
+    options.py  the shared option types and the choices built from the registries
+    render.py   progress bars and the pipeline's hooks
+    tables.py   rich tables of results other modules computed
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import asdict
+
+import typer
+from rich.logging import RichHandler
+
+from edgetl.cli.options import (
+    AtolOpt,
+    BaselineOpt,
+    BatchOpt,
+    Checkpoint,
+    CheckpointOpt,
+    CompareScratchOpt,
+    DataOpt,
+    Device,
+    DeviceOpt,
+    EpochsScaleOpt,
+    ExportBatchOpt,
+    ExportOutOpt,
+    ExportRunArg,
+    FormatChoice,
+    FormatOpt,
+    ImagesArg,
+    JsonOpt,
+    LatencySecondsOpt,
+    LoraAlphaOpt,
+    LoraRankOpt,
+    MaxLatencyOpt,
+    MaxRegressionOpt,
+    MinTop1Opt,
+    OpsetOpt,
+    OutOpt,
+    PredictJsonOpt,
+    PredictRunArg,
+    RecipeOpt,
+    ResumeOpt,
+    RunResumeOpt,
+    SamplesOpt,
+    SeedOpt,
+    SubsetOpt,
+    ThreadsOpt,
+    TopKOpt,
+    VerboseOpt,
+    VerifyDataOpt,
+    VerifyRunArg,
+    WeightsOpt,
+)
+from edgetl.cli.render import RichHooks, console, err_console, show_verify
+from edgetl.errors import EdgetlError
+from edgetl.pipeline import ExportRequest, TrainRequest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune a pretrained image classifier, fold and export it, verify it for the edge.")
+
+
+def command(fn):
+    """A command whose EdgetlError becomes a one-line message and its exit code, never a traceback.
+    (Registered at the end of this module, in the order `--help` lists them.)"""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgetlError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)], force=True)
+
+
+def _train_request(*, recipe: str, device: Device, epochs_scale: float | None, **overrides) -> TrainRequest:
+    return TrainRequest(recipe=recipe, overrides=overrides, epochs_scale=epochs_scale, device=device.value)
+
+
+def _verify_settings(*, latency_seconds: float, threads: list[int] | None = None, **flags):
+    from edgetl.verify import VerifySettings
+    from edgetl.verify.latency import TimingPlan
+
+    return VerifySettings(**flags, threads=tuple(threads) if threads else None,
+                          timing=TimingPlan(seconds=latency_seconds, max_seconds=3 * latency_seconds))
+
+
+def _shown_on_failure(call):
+    """Run a call that may end in ChecksFailed: the report's tables are shown before the one-line error."""
+    from edgetl.verify import ChecksFailed
+
+    try:
+        return call()
+    except ChecksFailed as e:
+        show_verify(e.result.report)
+        raise
+
+
+@command
+def train(
+    recipe: RecipeOpt = "quickstart", data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
+    out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
+    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, resume: ResumeOpt = None, verbose: VerboseOpt = False,
+) -> None:
+    """Fine-tune a pretrained backbone with the progressive recipe; writes a run directory."""
+    from edgetl.pipeline import train_stage
+
+    _setup_logging(verbose)
+    request = _train_request(recipe=recipe, device=device, epochs_scale=epochs_scale, data=data, subset=subset,
+                             weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha)
+    train_stage(request, out=out, resume=resume, hooks=RichHooks())
+
+
+@command
+def recipes() -> None:
+    """List the recipes shipped with edgetl."""
+    from edgetl.cli.tables import recipes_table
+
+    console.print(recipes_table())
+
+
+@command
+def verify(
+    run_dir: VerifyRunArg, data: VerifyDataOpt = None, samples: SamplesOpt = 32, json_path: JsonOpt = None,
+    atol: AtolOpt = None, min_top1: MinTop1Opt = None, batch: BatchOpt = None, max_latency_ms: MaxLatencyOpt = None,
+    baseline: BaselineOpt = None, max_regression: MaxRegressionOpt = 0.10, threads: ThreadsOpt = None,
+    latency_seconds: LatencySecondsOpt = 1.0, verbose: VerboseOpt = False,
+) -> None:
+    """Check an export before it ships: integrity, parity with the checkpoint, latency. Exit 1 if a bar fails."""
+    from edgetl.pipeline import verify_stage
+
+    _setup_logging(verbose)
+    settings = _verify_settings(data=data, samples=samples, atol=atol, min_top1=min_top1, batch=batch,
+                                max_latency_ms=max_latency_ms, baseline=baseline, max_regression=max_regression,
+                                threads=threads, latency_seconds=latency_seconds)
+    _shown_on_failure(lambda: verify_stage(run_dir, settings, json_path=json_path, hooks=RichHooks()))
+
+
+@command
+def export(
+    run_dir: ExportRunArg, format: FormatOpt = FormatChoice.all, opset: OpsetOpt = None, batch: ExportBatchOpt = None,
+    checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, verbose: VerboseOpt = False,
+) -> None:
+    """Fold BatchNorm (and LoRA), write ONNX and TorchScript and a manifest into RUN/export."""
+    from edgetl.pipeline import export_stage
+
+    _setup_logging(verbose)
+    request = ExportRequest(formats=(format.value,), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out)
+    export_stage(run_dir, request, hooks=RichHooks())
+
+
+@command
+def run(
+    recipe: RecipeOpt = "quickstart", data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
+    out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
+    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = FormatChoice.all,
+    opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = 32, atol: AtolOpt = None,
+    min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
+    compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, verbose: VerboseOpt = False,
+) -> None:
+    """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage."""
+    from edgetl.cli.tables import run_table
+    from edgetl.pipeline import run_pipeline
+
+    _setup_logging(verbose)
+    request = _train_request(recipe=recipe, device=device, epochs_scale=epochs_scale, data=data, subset=subset,
+                             weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha)
+    settings = _verify_settings(samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
+                                latency_seconds=latency_seconds)
+    outcome = _shown_on_failure(lambda: run_pipeline(
+        request, out=out, resume=resume, export=ExportRequest(formats=(format.value,), opset=opset, batch=batch),
+        verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
+    console.print(run_table(outcome))
+
+
+@command
+def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False) -> None:
+    """Classify images with the exported ONNX model and the manifest's preprocessing only (what a device does)."""
+    from edgetl.cli.tables import predict_table
+    from edgetl.predict import predict as classify
+
+    predictions = classify(run_dir, images, top_k=top_k)
+    if json_out:
+        typer.echo(json.dumps([asdict(p) for p in predictions], indent=2))
+    else:
+        console.print(predict_table(predictions))
+
+
+@command
+def info(run_dir: PredictRunArg) -> None:
+    """Show a run's recipe, results, artifacts and verify status."""
+    from edgetl.cli.tables import info_tables
+    from edgetl.pipeline import describe
+
+    for table in info_tables(describe(run_dir)):
+        console.print(table)
+
+
+for _command in (run, train, export, verify, predict, info, recipes):
+    app.command()(_command)
+
+
+def main() -> None:
+    app()

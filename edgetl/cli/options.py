@@ -1,0 +1,79 @@
+"""The CLI's shared option types: one definition per flag, reused by every command that takes it.
+
+    def train(recipe: RecipeOpt = "quickstart", data: DataOpt = None, ...) -> None
+
+Fixed choices are str Enums built from the registries, so Typer rejects bad values and `--help` lists them.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgetl.formats import FORMATS
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+# The export formats' registry, plus `all`: a new format module appears here with nothing to edit.
+FormatChoice = Enum("FormatChoice", {name: name for name in (*FORMATS, "all")}, type=str)
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+def _batch_size(value: str | int | None) -> int | None:
+    """`dynamic` (the default) or a positive batch size."""
+    if value is None or value == "dynamic":
+        return None
+    if str(value).isdigit() and int(value) > 0:
+        return int(value)
+    raise typer.BadParameter(f"expected `dynamic` or a positive batch size, got {value!r}")
+
+
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see `edgetl recipes`) or path to a .toml file.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="A folder (train/ + val/, or class folders), `sample`, or `cifar10`.")]
+SubsetOpt = Annotated[Optional[int], typer.Option("--subset", help="Use only this many training images (torchvision datasets).")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="`imagenet`, `none`, or a path to a .pth/.pt/.safetensors state dict.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: artifacts/<time>-<recipe>).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]
+EpochsScaleOpt = Annotated[Optional[float], typer.Option("--epochs-scale", help="Multiply every phase's epochs (e.g. 0.5).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (split, init, order, augmentation).")]
+ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this directory.")]
+LoraRankOpt = Annotated[Optional[int], typer.Option("--lora-rank", help="Train LoRA adapters of this rank (turns LoRA on).")]
+LoraAlphaOpt = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA scaling alpha (with --lora-rank).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")]
+VerifyRunArg = Annotated[Path, typer.Argument(help="Run directory, exported (`edgetl export RUN`).")]
+VerifyDataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Images to check with: a folder of images or class folders (or with val/ inside), or `sample`. Default: the run's validation split.")]
+SamplesOpt = Annotated[int, typer.Option("--samples", "-n", help="Real images to check parity on (random tensors are added).")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Where to write the report (default: RUN/verify.json).")]
+AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="Bar on the max abs logit difference (default per precision: 1e-4 for fp32).")]
+MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="Bar on top-1 agreement, a fraction (default per precision: 1.0 for fp32).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Also time this batch size (batch 1 is always timed).")]
+MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Bar on the ONNX p50 latency, batch 1, all threads.")]
+BaselineOpt = Annotated[Optional[Path], typer.Option("--baseline", help="An earlier verify.json: fail if the ONNX p50 regressed (same machine only).")]
+MaxRegressionOpt = Annotated[float, typer.Option("--max-regression", help="Allowed p50 slow-down vs --baseline, a fraction.")]
+ThreadsOpt = Annotated[Optional[list[int]], typer.Option("--threads", help="Thread counts to time, repeatable (default: 1 and all cores).")]
+LatencySecondsOpt = Annotated[float, typer.Option("--latency-seconds", help="Time each latency setting at least this long (capped at 3x).")]
+ExportRunArg = Annotated[Path, typer.Argument(help="Run directory, trained (`edgetl train`).")]
+FormatOpt = Annotated[FormatChoice, typer.Option("--format", "-f", help="What to write.")]
+OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's own, 20 on torch 2.14).")]
+ExportBatchOpt = Annotated[Optional[int], typer.Option("--batch", parser=_batch_size, metavar="dynamic|N", help="Batch dimension: `dynamic`, or fixed to N.")]
+CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Which checkpoint to export.")]
+ExportOutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Export folder (default: RUN/export); replaced as a whole.")]
+PredictRunArg = Annotated[Path, typer.Argument(help="Run directory (or its export folder).")]
+ImagesArg = Annotated[list[Path], typer.Argument(help="Image files to classify.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="How many classes to list per image.")]
+PredictJsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CompareScratchOpt = Annotated[bool, typer.Option("--compare-scratch", help="Also train the recipe from random weights and compare.")]
+RunResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue this run at its first unfinished stage.")]

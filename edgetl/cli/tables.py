@@ -1,0 +1,213 @@
+"""Presentation only: rich tables of results other modules computed.
+
+    console.print(train_table(summary))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from edgetl.formats import FORMATS
+from edgetl.rundir import TrainSummary, VerifyReport
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def train_table(result: TrainSummary) -> Table:
+    table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {result.run_dir}")
+    for col in ("phase", "epochs", "best val acc", "best val loss", "time"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for p in result.phases:
+        epochs = f"{p.epochs}/{p.planned_epochs}" + (" (early stop)" if p.stopped_early else "")
+        table.add_row(p.name, epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s")
+    table.add_section()
+    table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
+                  f"{result.wall_seconds:.1f} s in all", style="bold")
+    return table
+
+
+# --- edgetl verify ------------------------------------------------------------------------------------------
+
+def _g(x: float | None, spec: str = ".2g") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def _size(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def parity_table(report: VerifyReport) -> Table:
+    """One row per artifact: its parity figures against the checkpoint and whether all its checks held."""
+    ref = report.reference or {}
+    table = Table(title=f"edgetl verify · parity vs {ref.get('file', 'checkpoint')} · {_inputs_line(report)}")
+    for col in ("artifact", "precision", "max |Δ|", "mean |Δ|", "max rel", "softmax Δ", "top-1 agree",
+                "top-k overlap", "accuracy ref → file", "checks"):
+        table.add_column(col, justify="left" if col in ("artifact", "checks") else "right")
+    checks = report.checks
+    for name in dict.fromkeys(c["artifact"] for c in checks):
+        mine = [c for c in checks if c["artifact"] == name]
+        failed = sum(not c["passed"] for c in mine)
+        status = f"[green]✓ {len(mine)}[/]" if not failed else f"[red]✗ {failed} of {len(mine)}[/]"
+        p = report.parity.get(name)
+        precision = report.bars.get("parity", {}).get(name, {}).get("precision", "")
+        if p is None:
+            table.add_row(name, precision, *["—"] * 7, status)
+            continue
+        table.add_row(name, precision, _g(p["max_abs_diff"]), _g(p["mean_abs_diff"]), _g(p["max_rel_diff"]),
+                      _g(p["softmax_max_diff"]), _pct(p["top1_agreement"]),
+                      f"{_pct(p['top5_overlap'])} (k={p['top5_k']})",
+                      f"{_pct(p['reference_accuracy'])} → {_pct(p['accuracy'])}", status)
+    return table
+
+
+def _inputs_line(report: VerifyReport) -> str:
+    i = report.inputs
+    if not i:
+        return "integrity only"
+    return f"{i['images']} images ({i['source']}, {i['labelled']} labelled) + {i['random']} random"
+
+
+def latency_table(report: VerifyReport) -> Table:
+    """One row per (runtime, batch, threads), with the speed-up over PyTorch eager in the same setting."""
+    m, timing = report.machine, report.settings.get("timing", {})
+    table = Table(title=f"edgetl verify · latency on {m.get('cpu_model')} · {m.get('cores')} cores · "
+                        f"onnxruntime {m.get('onnxruntime')} · machine {m.get('id')}",
+                  caption=f"{timing.get('clock', '')}; memory: {timing.get('memory_method', '')}\n"
+                          f"ISA: {' '.join(m.get('isa', [])) or '—'}\n{_gate_line(report)}")
+    for col in ("runtime", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs eager", "cold start",
+                "first call", "RSS Δ", "file", "iters"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    gate = report.gate or {}
+    for r in report.latency:
+        is_gate = gate and all(r[k] == gate[k] for k in ("runtime", "batch", "threads"))
+        table.add_row(r["runtime"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['speedup_vs_eager']:.2f}×",
+                      f"{r['cold_start_ms']:.0f} ms", f"{r['first_call_ms']:.1f} ms", f"{r['rss_delta_mb']:.0f} MiB",
+                      _size(r["file_bytes"]), str(r["iterations"]), style="bold" if is_gate else None)
+    return table
+
+
+def _gate_line(report: VerifyReport) -> str:
+    gate, bars, regression = report.gate, report.bars.get("latency", {}), report.regression
+    if not gate:
+        return "no latency gate (no " + " or ".join(f.file for f in FORMATS.values() if f.gates_latency) + " timed)"
+    line = f"gate (bold): {gate['file']} p50 {gate['p50_ms']:.2f} ms"
+    if bars.get("max_latency_ms") is not None:
+        line += f", bar ≤ {bars['max_latency_ms']:g} ms"
+    if regression:
+        if regression["status"] == "checked":
+            line += (f"; vs baseline {regression['baseline_p50_ms']:.2f} ms: {100 * regression['change']:+.1f} % "
+                     f"(bar ≤ +{100 * regression['max_regression']:.0f} %)")
+        else:
+            line += f"; regression check skipped: {regression['reason']}"
+    return line
+
+
+# --- edgetl export / run / info / predict ------------------------------------------------------------------
+
+def export_table(result: Any) -> Table:
+    table = Table(title=f"edgetl export · {result.out_dir}")
+    table.add_column("format")
+    table.add_column("file", no_wrap=True, min_width=len("model.torchscript.pt"))
+    for col in ("size", "params", "BN folded", "seconds"):
+        table.add_column(col, justify="right")
+    for a in result.artifacts:
+        table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
+                      str(result.deploy.bn_folded), f"{a.seconds:.1f}")
+    return table
+
+
+def run_table(outcome: Any) -> Table:
+    """The final report of `edgetl run`: accuracy, artifacts, parity and latency side by side."""
+    train, manifest, verify, scratch = outcome.train, outcome.manifest, outcome.verify, outcome.scratch
+    inputs = verify.inputs or {}
+    title = (f"edgetl run · {train.backbone} · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch})"
+             f" · {outcome.seconds:.0f} s · {train.run_dir}")
+    table = Table(title=title, caption=f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images")
+    for col in ("model", "size", "accuracy", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    latency, checks, parity = verify.latency, verify.checks, verify.parity
+    reference_acc = next((p.get("reference_accuracy") for p in parity.values() if p), None)
+    table.add_row("checkpoint (PyTorch eager)", "—", _pct(reference_acc), "—", "—",
+                  *(_p50(latency, "eager", t) for t in _threads(latency)), "—")
+    for a in manifest.artifacts:
+        p = parity.get(a.file) or {}
+        mine = [c for c in checks if c["artifact"] == a.file]
+        status = "—" if not mine else "[green]✓[/]" if all(c["passed"] for c in mine) else "[red]✗[/]"
+        table.add_row(a.file, _size(a.bytes), _pct(p.get("accuracy")), _g(p.get("max_abs_diff")),
+                      _pct(p.get("top1_agreement")), *(_p50(latency, a.format, t) for t in _threads(latency)), status)
+    if scratch is not None:
+        table.add_section()
+        table.add_row("best val acc, pretrained", "", _pct(train.best_val_acc), "", "", "", "", "")
+        table.add_row("best val acc, from scratch", "", _pct(scratch.best_val_acc), "", "", "", "", "")
+        table.add_row("pretrained weights bring", "", f"{100 * (train.best_val_acc - scratch.best_val_acc):+.1f} pts",
+                      "", "", "", "", "")
+    return table
+
+
+def _threads(latency: list[dict[str, Any]]) -> list[int]:
+    counts = sorted({r["threads"] for r in latency})
+    return [counts[0], counts[-1]] if counts else [1, 0]
+
+
+def _p50(latency: list[dict[str, Any]], runtime: str, threads: int) -> str:
+    rows = [r for r in latency if r["runtime"] == runtime and r["threads"] == threads and r["batch"] == 1]
+    return f"{rows[0]['p50_ms']:.2f}" if rows else "—"
+
+
+def info_tables(info: Any) -> list[Table]:
+    """`edgetl info RUN`: the recipe at a glance, training results, artifacts, verify status."""
+    recipe = info.recipe
+    head = Table(title=f"edgetl info · {info.run_dir}", show_header=False)
+    head.add_column("key", style="bold")
+    head.add_column("value")
+    head.add_row("backbone", f"{recipe.backbone} · weights {recipe.weights} · data {recipe.data}")
+    head.add_row("phases", " → ".join(f"{p.name} ({p.train}, {p.epochs} ep)" for p in recipe.phases))
+    head.add_row("classes", ", ".join(info.labels or []))
+    train = info.train
+    head.add_row("training", f"{info.epochs_done} epochs done" + (
+        f" · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch}) · {train.seconds:.0f} s" if train else " · not finished"))
+    if info.manifest:
+        for a in info.manifest.artifacts:
+            head.add_row(a.format, f"export/{a.file} · {_size(a.bytes)} · sha256 {a.sha256[:12]}…")
+    else:
+        head.add_row("export", "not exported")
+    verify = info.verify
+    if verify:
+        gate = verify.gate or {}
+        state = "[green]passed[/]" if verify.passed else f"[red]failed[/] ({len(verify.failures)} failures)"
+        head.add_row("verify", f"{state} · {verify.created or ''}" + (f" · ONNX p50 {gate['p50_ms']:.2f} ms" if gate else ""))
+    else:
+        head.add_row("verify", "not verified")
+    head.add_row("next", f"edgetl run --resume {info.run_dir}  (continues at {info.next_stage})" if info.next_stage else "all stages done")
+    return [head]
+
+
+def recipes_table() -> Table:
+    """`edgetl recipes`: every shipped recipe at a glance."""
+    from edgetl.backbones import get_backbone
+    from edgetl.recipe import known_recipes, load_recipe
+
+    table = Table(title="edgetl recipes")
+    for col in ("name", "backbone", "input", "phases", "epochs"):
+        table.add_column(col, no_wrap=col != "phases")
+    for name in known_recipes():
+        r = load_recipe(name)
+        size = r.image_size or get_backbone(r.backbone).preprocessing.crop_size
+        lora = f" + LoRA r{r.lora.rank}" if r.lora else ""
+        table.add_row(name, r.backbone + lora, f"{size} px", " → ".join(f"{p.name} ({p.train})" for p in r.phases),
+                      str(sum(p.epochs for p in r.phases)))
+    return table
+
+
+def predict_table(predictions: list[Any]) -> Table:
+    table = Table(title="edgetl predict")
+    for col in ("image", "label", "probability", "top-k"):
+        table.add_column(col, justify="right" if col == "probability" else "left")
+    for p in predictions:
+        table.add_row(p.image, p.label, f"{100 * p.probability:.1f} %", ", ".join(f"{lab} {100 * q:.0f} %" for lab, q in p.top[1:]))
+    return table

@@ -1,0 +1,12 @@
+"""The export stage: checkpoint -> deploy model (LoRA merged, BatchNorm folded) -> each format -> manifest.
+
+    from edgetl.export import export_run
+
+    stage.py     export_run: fold, write every requested format, swap the new export in whole
+    deploy.py    the pure model transform: merge LoRA, fold BatchNorm, check nothing is left
+    manifest.py  manifest.json, filled in (its schema is edgetl.rundir.Manifest)
+"""
+
+from edgetl.export.stage import export_run
+
+__all__ = ["export_run"]

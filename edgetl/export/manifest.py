@@ -1,0 +1,51 @@
+"""manifest.json: what a device needs to run the export (labels, preprocessing, tensors) and what was written.
+
+    manifest = build_manifest(ckpt=meta, checkpoint="best", meta=export_meta, report=deploy_report, ...)
+
+The schema is `edgetl.rundir.Manifest`; this module only fills it in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from edgetl import __version__
+from edgetl.export.deploy import DeployReport
+from edgetl.formats.base import ExportMeta
+from edgetl.rundir import ArtifactEntry, CheckpointMeta, ExportedFrom, Manifest, ModelFacts, package_versions
+
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript")
+
+
+@dataclass(frozen=True)
+class Written:
+    """One file a format's writer left in the export folder."""
+
+    format: str
+    file: str
+    bytes: int
+    sha256: str
+    precision: str
+    seconds: float
+    opset: int | None = None
+
+    def entry(self) -> ArtifactEntry:
+        return ArtifactEntry(format=self.format, file=self.file, bytes=self.bytes, sha256=self.sha256,
+                             precision=self.precision, opset=self.opset, seconds=self.seconds)
+
+
+def build_manifest(*, ckpt: CheckpointMeta, checkpoint: str, meta: ExportMeta, report: DeployReport,
+                   macs: int | None, artifacts: list[Written]) -> Manifest:
+    io = meta.io()
+    return Manifest(
+        edgetl_version=__version__,
+        created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        run=ExportedFrom(backbone=meta.backbone, checkpoint=checkpoint, epoch=ckpt.at_epoch, val_acc=ckpt.val_acc,
+                         recipe_sha256=meta.recipe_sha256),
+        labels=meta.labels, preprocessing=ckpt.preprocessing, input=io["input"], output=io["output"],
+        model=ModelFacts(params=report.params, macs=macs, bn_folded=report.bn_folded, lora_merged=report.lora_merged,
+                         fold_max_abs_diff=report.max_abs_diff),
+        versions=package_versions(*VERSIONED),
+        artifacts=[a.entry() for a in artifacts],
+    )

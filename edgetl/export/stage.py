@@ -1,0 +1,207 @@
+"""The export stage: fold a run's checkpoint into a deploy model, write each format, then the manifest.
+
+    edgetl export artifacts/20250101-120000-quickstart --format all
+
+Writes `<run>/export/{model.onnx, model.torchscript.pt, manifest.json}`. Each format is a module of
+`edgetl.formats`; `_write` runs its writer, timed, and records size and sha256. The new export is built in a
+temp folder beside the old one and swapped in at the end, so a failure midway leaves the previous export
+exactly as it was. The manifest is written last: its presence marks a complete export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgetl import files, rundir
+from edgetl.errors import EdgetlError, ExportError, RunDirError, describe_error
+from edgetl.export.deploy import DeployReport, deploy_model
+from edgetl.export.manifest import Written, build_manifest
+from edgetl.formats import FORMATS, resolve_formats
+from edgetl.formats.base import ExportMeta
+from edgetl.rundir import CheckpointMeta, Manifest, RunDir
+from edgetl.train.checkpoint import check_belongs, checkpoint_meta, load_model
+from edgetl.verify.inputs import gather_inputs
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("best", "last")
+EXAMPLE_IMAGES = 8  # val images the fold is checked on (plus RANDOM_INPUTS noise tensors)
+RANDOM_INPUTS = 2
+# Per unit of logit scale (max |logit|, at least 1): in fp32 the *checkpoint itself* is 2.6e-4 off a float64
+# reference on efficientnet_b0's logits of ~18, so a flat 1e-4 would fail on rounding, not on folding.
+FOLD_ATOL = 1e-4
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    run_dir: Path
+    out_dir: Path
+    artifacts: list[Written]
+    deploy: DeployReport
+    macs: int | None
+    manifest: Manifest
+
+
+def _write(name: str, model: nn.Module, example: torch.Tensor, folder: Path, *, meta: ExportMeta) -> Written:
+    """Run one format's writer, timed; check it left exactly its one file."""
+    fmt = FORMATS[name]
+    path = folder / fmt.file
+    before = set(folder.iterdir())
+    start = time.perf_counter()
+    extra = fmt.write(model, example, path, meta=meta)
+    seconds = time.perf_counter() - start
+    written = set(folder.iterdir()) - before
+    assert written == {path}, f"{name} writer wrote {sorted(p.name for p in written)}, expected only {fmt.file}"
+    artifact = Written(format=name, file=fmt.file, bytes=path.stat().st_size, sha256=files.sha256_file(path),
+                       precision=fmt.precisions[0], seconds=round(seconds, 3), **extra)
+    log.info("%s: %s, %.1f MB in %.1f s", name, fmt.file, artifact.bytes / 1e6, seconds)
+    return artifact
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int | None:
+    """Multiply-accumulates of one forward pass on `x` (conv and matmul; FLOPs / 2), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    except Exception as e:  # a counting failure must not block an export
+        log.warning("could not count MACs (%s: %s)", type(e).__name__, e)
+        return None
+    return counter.get_total_flops() // 2
+
+
+@contextlib.contextmanager
+def _step(what: str, out: Path) -> Iterator[None]:
+    """Turn any failure of one export step into an ExportError that says which step and that `out` is intact."""
+    try:
+        yield
+    except Exception as e:  # the exporters raise anything from RuntimeError to onnx's ValidationError
+        raise ExportError(f"export failed at {what}: {describe_error(e, limit=300)} — {out} is left as it was") from e
+
+
+def _check_replaceable(out: Path) -> None:
+    """Only an export (or an empty folder) may be replaced wholesale: never a folder of the user's files."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise EdgetlError(f"{out} exists and is not an edgetl export (no {MANIFEST}) — pass --out a new or empty folder")
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace `out` with the folder `new` by renames on one file system; the old export goes only at the end.
+
+    Between the two renames `out` is briefly absent; a crash there leaves the old export as `<out>.old-*`.
+    """
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+        out.rename(old / out.name)
+    try:
+        new.rename(out)
+    except OSError:
+        if old is not None:
+            (old / out.name).rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_request(meta: ExportMeta, *, formats: Sequence[str], checkpoint: str) -> None:
+    """Refuse bad flags before any work (usage errors, exit code 2)."""
+    if checkpoint not in CHECKPOINTS:
+        raise EdgetlError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(CHECKPOINTS)}")
+    if meta.batch is not None and meta.batch < 1:
+        raise EdgetlError(f"batch must be a positive size or dynamic (got {meta.batch})")
+    for name in formats:
+        FORMATS[name].check_request(meta)
+
+
+def load_run(run_dir: Path, *, checkpoint: str = "best") -> tuple[nn.Module, CheckpointMeta]:
+    """The checkpoint's model (eval mode) and its metadata; a bad run directory is a one-line RunDirError."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} not found — pass the folder `edgetl train` wrote")
+    run = RunDir(run_dir)
+    path = run.checkpoint(checkpoint)
+    model, ckpt = load_model(path)
+    meta = checkpoint_meta(ckpt, source=path)
+    _check_belongs(run, path, ckpt)
+    return model, meta
+
+
+def _check_belongs(run: RunDir, path: Path, ckpt: dict) -> None:
+    """Refuse a checkpoint copied in from another run: compare it with the run's recipe and labels.json."""
+    labels = list(files.read_json(run.labels, what="labels file")) if run.labels.is_file() else list(ckpt["labels"])
+    try:
+        backbone = rundir.read_recipe(run).backbone
+    except EdgetlError:
+        backbone = ckpt["backbone"]  # no readable recipe: nothing to compare the backbone with
+    check_belongs(ckpt, backbone=backbone, labels=labels, source=path)
+
+
+def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployReport]:
+    """deploy_model, refusing a fold whose outputs drift beyond FOLD_ATOL per unit of logit scale."""
+    deployed, report = deploy_model(model, example=x)
+    bar = FOLD_ATOL * max(1.0, report.max_abs_logit or 0.0)
+    if report.max_abs_diff is not None and report.max_abs_diff > bar:
+        raise ExportError(f"the folded model differs from the checkpoint by {report.max_abs_diff:.2e} (bar "
+                          f"{bar:.1e} at logits up to {report.max_abs_logit:.1f}) — report it with the backbone name")
+    return deployed, report
+
+
+def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"), opset: int | None = None,
+               batch: int | None = None, checkpoint: str = "best", out: Path | None = None) -> ExportResult:
+    """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export."""
+    run_dir = Path(run_dir)
+    names = resolve_formats(formats)
+    request = ExportMeta(backbone="", labels=[], preprocessing={}, recipe_sha256=None, batch=batch, opset=opset)
+    _check_request(request, formats=names, checkpoint=checkpoint)
+    out = Path(out) if out is not None else RunDir(run_dir).export_dir
+    model, ckpt = load_run(run_dir, checkpoint=checkpoint)
+    _check_replaceable(out)
+    try:  # before the slow work: an --out under a file, or on a read-only disk, is a usage error
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
+                          f"folder you can write to") from None
+
+    inputs = gather_inputs(run_dir, labels=ckpt.labels, preprocessing=ckpt.preprocessing, data=None,
+                           samples=EXAMPLE_IMAGES, random=RANDOM_INPUTS)
+    x = torch.from_numpy(inputs.x)
+    log.info("checking the fold on %d val image(s) and %d random input(s)", inputs.info["images"], RANDOM_INPUTS)
+    deployed, report = fold_checked(model, x)
+    macs = count_macs(deployed, x[:1])
+    meta = ExportMeta(backbone=ckpt.backbone, labels=list(ckpt.labels), preprocessing=ckpt.preprocessing.to_dict(),
+                      recipe_sha256=ckpt.recipe_sha256, batch=batch, opset=opset)
+    # The traced batch: 2 for a dynamic axis (torch.export specialises sizes 0 and 1), else exactly `batch`.
+    n = batch or 2
+    example = x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
+
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
+                          f"folder you can write to") from None
+    try:
+        artifacts = []
+        for name in names:
+            with _step(f"{name} ({FORMATS[name].file})", out):
+                artifacts.append(_write(name, deployed, example, tmp, meta=meta))
+        manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
+                                  artifacts=artifacts)
+        with _step(MANIFEST, out):
+            rundir.write(tmp / MANIFEST, manifest)  # last: a folder with a manifest is a complete export
+        with _step(f"replacing {out}", out):
+            _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(run_dir=run_dir, out_dir=out, artifacts=artifacts, deploy=report, macs=macs, manifest=manifest)

@@ -1,0 +1,51 @@
+"""Export formats, one module each, in one registry: `FORMATS = {name: Format}`.
+
+    from edgetl.formats import FORMATS, resolve_formats
+    resolve_formats(["all"])   # ["onnx", "torchscript"]
+
+Adding a format is adding a module with a `FORMAT` and one line here; export, verify, predict and the CLI's
+`--format` choices follow from the registry.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+from edgetl.errors import EdgetlError
+from edgetl.formats import onnx, torchscript
+from edgetl.formats.base import Format
+
+FORMATS: dict[str, Format] = {}
+
+
+def register(fmt: Format) -> Format:
+    if fmt.name in FORMATS or fmt.name == "all":
+        raise ValueError(f"export format {fmt.name!r} is registered twice (or is the reserved name 'all')")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+for _module in (onnx, torchscript):  # the order of `--format all`, the manifest and the reports
+    register(_module.FORMAT)
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        hint = difflib.get_close_matches(name, list(FORMATS), n=1)
+        maybe = f" — did you mean {hint[0]!r}?" if hint else ""
+        raise EdgetlError(f"unknown export format {name!r}; known: {', '.join(FORMATS)}, all{maybe}") from None
+
+
+def resolve_formats(names: Sequence[str]) -> list[str]:
+    """Format names in order, `all` expanded, duplicates dropped; an unknown name is a usage error."""
+    resolved: list[str] = []
+    for name in names:
+        for n in FORMATS if name == "all" else [get_format(name).name]:
+            if n not in resolved:
+                resolved.append(n)
+    if not resolved:
+        raise EdgetlError(f"no export format given; known: {', '.join(FORMATS)}, all")
+    return resolved

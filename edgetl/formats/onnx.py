@@ -1,0 +1,85 @@
+"""ONNX: one self-contained `.onnx` file, run with onnxruntime's CPU provider.
+
+    edgetl export RUN --format onnx --opset 20
+
+Written through `torch.onnx.export(dynamo=True)` for all five backbones (checked on torch 2.14). The default
+opset is the exporter's own (20 on torch 2.14): its op library is written for opset >= 18, and lower ones go
+through a version converter that fails on these graphs, so a request the exporter cannot honour is an error
+rather than a silently different file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgetl.errors import EdgetlError, ExportError
+from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature, quiet
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MIN_OPSET = 18  # the dynamo exporter's op library starts here; converting lower fails on these graphs
+# onnxruntime's type strings -> the manifest's dtype names
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(bfloat16)": "bfloat16", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(int32)": "int32", "tensor(int64)": "int64"}
+
+
+def check_request(meta: ExportMeta) -> None:
+    import onnx
+
+    if meta.opset is not None and not MIN_OPSET <= meta.opset <= onnx.defs.onnx_opset_version():
+        raise EdgetlError(f"--opset {meta.opset} is not supported: torch's ONNX exporter writes opset {MIN_OPSET} "
+                          f"to {onnx.defs.onnx_opset_version()} — leave it unset for its default")
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, meta: ExportMeta) -> dict[str, Any]:
+    """One self-contained .onnx file, BatchNorm-free, checked, with labels and preprocessing in its metadata."""
+    import onnx
+    import torch
+
+    dynamic = ({0: "batch"},) if meta.batch is None else None
+    with quiet("onnxscript", "onnx_ir"):  # their optimizer logs every pass at INFO: hundreds of lines
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=meta.opset, verbose=False,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, meta.describe())
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if meta.opset is not None and opset != meta.opset:  # it falls back to 18 when it cannot convert
+        raise ExportError(f"the exporter cannot write opset {meta.opset} (it produced {opset}) — use an opset from "
+                          f"{MIN_OPSET} to {onnx.defs.onnx_opset_version()}, or leave --opset unset")
+    onnx.checker.check_model(proto, full_check=True)
+    bn = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    assert not bn, f"BatchNormalization left in the ONNX graph after folding: {bn[:3]}"
+    # One self-contained file: weights inline, never a side `.onnx.data` (what `torch.onnx.export(f=...)`
+    # writes unless external_data=False). Models here are far below protobuf's 2 GB limit.
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return {"opset": opset}
+
+
+def load_onnx(path: Path, *, threads: int | None = None) -> Runner:
+    """An onnxruntime CPU session; `threads` sets intra-op threads (None: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no per-session optimizer chatter in the report
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # a sequential classifier graph: no parallel branches to use
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    inputs = [Signature(i.name, list(i.shape), ORT_DTYPES.get(i.type, i.type)) for i in session.get_inputs()]
+    outputs = [Signature(o.name, list(o.shape), ORT_DTYPES.get(o.type, o.type)) for o in session.get_outputs()]
+    feed = inputs[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {feed: x})[0]
+
+    return Runner(run=run, inputs=inputs, outputs=outputs)
+
+
+FORMAT = Format(name="onnx", file="model.onnx", write=write_onnx, load=load_onnx, runtime="onnxruntime (CPU)",
+                gates_latency=True, check_request=check_request)

@@ -1,0 +1,56 @@
+"""TorchScript: a traced, frozen `.pt` that loads with torch alone (LibTorch, `torch.jit.load`).
+
+    edgetl export RUN --format torchscript
+
+torch 2.14 deprecates TorchScript in favour of torch.export, but a frozen .pt is still what LibTorch loads.
+That deprecation is not a problem with the model: it is said once, quietly; any other warning (a
+TracerWarning about data-dependent control flow, say) still reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgetl.formats.base import ExportMeta, Format, Runner, torch_runner
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+_JIT_DEPRECATION = r"`torch\.jit\.(trace|trace_method|freeze|save)` is deprecated"
+
+
+def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, meta: ExportMeta) -> dict[str, Any]:
+    """A traced, frozen TorchScript file; its `edgetl.json` extra file describes it."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        with torch.no_grad():
+            # check_trace re-traces to compare graphs and costs 3-5x the trace; output parity is verify's job.
+            frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
+        described = {**meta.describe(), "labels": meta.labels, "preprocessing": meta.preprocessing, **meta.io()}
+        torch.jit.save(frozen, str(path), _extra_files={"edgetl.json": json.dumps(described)})
+    log.info("torchscript: torch.jit is deprecated in torch %s, but a frozen trace is still what LibTorch loads",
+             torch.__version__)
+    return {}
+
+
+def load_torchscript(path: Path, *, threads: int | None = None) -> Runner:
+    """`torch.jit.load` on the CPU, eval mode (threads: PyTorch's global count, set by the caller)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the format still ships
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    return torch_runner(module)
+
+
+FORMAT = Format(name="torchscript", file="model.torchscript.pt", write=write_torchscript, load=load_torchscript,
+                runtime="torch.jit")

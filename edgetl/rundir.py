@@ -1,0 +1,291 @@
+"""The run directory, typed: where each stage's files live, and the schema of the ones stages read back.
+
+    run = RunDir(Path("artifacts/my-run")); manifest = read_manifest(run.manifest); manifest.labels
+
+The run directory is the contract between the stages, so its files are pydantic models here, in one place:
+the checkpoint metadata, `train.json`, `export/manifest.json` and `verify.json`. Every reader goes through
+them, so a renamed key is one edit, and a damaged file is a one-line error naming the file and the field.
+Each carries a `schema_version`: files written before it existed read as version 1; a newer version than
+this edgetl knows is refused with both versions named, never half-read.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_serializer
+
+from edgetl import __version__, files
+from edgetl.errors import RunDirError
+from edgetl.preprocessing import Preprocessing
+from edgetl.recipe import Recipe, parse_recipe
+
+SCHEMA_VERSION = 1
+STAGES = ("train", "export", "verify")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory; nothing is read or created by building one."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    recipe = property(lambda self: self.root / "recipe.resolved.toml")
+    labels = property(lambda self: self.root / "labels.json")
+    preprocessing = property(lambda self: self.root / "preprocessing.json")
+    split = property(lambda self: self.root / "split.json")
+    data = property(lambda self: self.root / "data.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    curves = property(lambda self: self.root / "curves.png")
+    train_json = property(lambda self: self.root / "train.json")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    export_dir = property(lambda self: self.root / "export")
+    manifest = property(lambda self: self.root / "export" / "manifest.json")
+    verify_json = property(lambda self: self.root / "verify.json")
+
+    def checkpoint(self, name: str) -> Path:
+        """`best` / `last` (or a file name) -> its path under checkpoints/."""
+        return self.checkpoints / (name if name.endswith(".pt") else f"{name}.pt")
+
+    def stage_files(self) -> dict[str, Path]:
+        """The file each stage writes last: its presence marks the stage as finished."""
+        return {"train": self.train_json, "export": self.manifest, "verify": self.verify_json}
+
+
+# --- the schema ------------------------------------------------------------------------------------------------
+
+
+class _Schema(BaseModel):
+    # Unknown keys are kept (a newer edgetl of the same schema version may add some) and written back.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class _Versioned(_Schema):
+    schema_version: int = SCHEMA_VERSION
+
+
+class CheckpointMeta(_Versioned):
+    """What a checkpoint says about itself, besides its tensors: enough to rebuild the model and its run."""
+
+    # Checkpoints written before the schema had "format_version": 1.
+    schema_version: int = Field(SCHEMA_VERSION, validation_alias=AliasChoices("schema_version", "format_version"))
+    edgetl_version: str | None = None
+    backbone: str
+    num_classes: int
+    labels: list[str]
+    preprocessing: Preprocessing
+    recipe: dict[str, Any]
+    recipe_sha256: str | None = None
+    lora: dict[str, Any] | None = None
+    # best.pt: the epoch it was taken at; last.pt carries its resume state instead (edgetl.train.state)
+    epoch: int | None = None
+    val_acc: float | None = None
+    val_loss: float | None = None
+
+    @property
+    def at_epoch(self) -> int | None:
+        """The epoch these weights are from: best.pt's `epoch`, last.pt's `global_epoch`."""
+        return self.epoch if self.epoch is not None else (self.model_extra or {}).get("global_epoch")
+
+
+class PhaseSummary(_Schema):
+    name: str
+    epochs: int
+    planned_epochs: int
+    best_val_acc: float
+    best_val_loss: float
+    seconds: float
+    stopped_early: bool
+
+
+class TrainSummary(_Versioned):
+    """train.json: written last by `edgetl train`."""
+
+    run_dir: str
+    backbone: str
+    device: str
+    best_val_acc: float
+    best_val_loss: float
+    best_epoch: int
+    seconds: float  # the epochs' own time
+    phases: list[PhaseSummary]
+    weights: str
+    skipped: list[tuple[str, str]] = []  # (path, reason) of every unusable file
+    trainable: dict[str, dict[str, int]] = {}  # phase -> group -> parameter count
+    wall_seconds: float = 0.0  # the whole process, decoding and model building included
+
+
+class TensorSpec(_Schema):
+    name: str
+    shape: list[int | str]  # a string names a dynamic axis
+    dtype: str
+
+
+class ExportedFrom(_Schema):
+    backbone: str
+    checkpoint: str
+    epoch: int | None = None
+    val_acc: float | None = None
+    recipe_sha256: str | None = None
+
+
+class ModelFacts(_Schema):
+    params: int
+    macs: int | None = None
+    bn_folded: int
+    lora_merged: int
+    fold_max_abs_diff: float | None = None
+
+
+class ArtifactEntry(_Schema):
+    format: str
+    file: str
+    bytes: int
+    sha256: str
+    precision: str = "fp32"
+    opset: int | None = None  # formats without opsets leave it out of the file
+    seconds: float = 0.0
+
+    @model_serializer(mode="wrap")
+    def _without_empty_opset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("opset") is None:
+            data.pop("opset", None)
+        return data
+
+
+class Manifest(_Versioned):
+    """export/manifest.json: what a device needs (labels, preprocessing, tensors) and what was written."""
+
+    edgetl_version: str | None = None
+    created: str | None = None
+    run: ExportedFrom
+    labels: list[str]
+    preprocessing: Preprocessing
+    input: TensorSpec
+    output: TensorSpec
+    model: ModelFacts
+    versions: dict[str, str | None] = {}
+    artifacts: list[ArtifactEntry]
+
+    def artifact(self, file: str) -> ArtifactEntry:
+        return next(a for a in self.artifacts if a.file == file)
+
+
+class VerifyReport(_Versioned):
+    """verify.json: every check with its bar, the parity figures per file, the latency sweep, the machine."""
+
+    edgetl_version: str | None = None
+    created: str | None = None
+    run_dir: str
+    passed: bool | None = None
+    failures: list[str] = []
+    warnings: list[str] = []
+    checks: list[dict[str, Any]] = []  # edgetl.verify.gate.Check as a dict
+    bars: dict[str, Any] = {}
+    inputs: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None
+    parity: dict[str, dict[str, Any] | None] = {}  # file -> edgetl.verify.parity.compare_logits figures
+    latency: list[dict[str, Any]] = []  # edgetl.verify.latency.Timing rows
+    gate: dict[str, Any] | None = None
+    regression: dict[str, Any] | None = None
+    settings: dict[str, Any] = {}
+    machine: dict[str, Any] = {}
+    versions: dict[str, str | None] = {}
+    manifest_sha256: str | None = None
+
+
+# --- reading and writing ---------------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=_Versioned)
+
+
+def parse(model: type[M], data: Any, *, source: Path | str, what: str) -> M:
+    """Validate `data` as `model`; a newer schema or a bad field is a one-line RunDirError naming `source`."""
+    if not isinstance(data, dict):
+        raise RunDirError(f"{source}: {what} is not a JSON object — re-run the stage that writes it")
+    version = data.get("schema_version", data.get("format_version", 1))
+    if not isinstance(version, int) or version < 1:
+        raise RunDirError(f"{source}: unknown schema_version {version!r} of the {what} — re-run the stage that "
+                          f"writes it")
+    if version > SCHEMA_VERSION:
+        raise RunDirError(f"{source}: the {what} has schema_version {version}, newer than this edgetl "
+                          f"({__version__}) reads (up to {SCHEMA_VERSION}) — upgrade edgetl, or re-run the stage "
+                          f"with this one")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise RunDirError(f"{source}: the {what} is damaged: {field}: {error['msg']}{more} — re-run the stage "
+                          f"that writes it") from None
+
+
+def _read(model: type[M], path: Path, what: str) -> M:
+    return parse(model, files.read_json(path, what=what), source=path, what=what)
+
+
+def read_train_summary(path: Path) -> TrainSummary:
+    return _read(TrainSummary, path, "training summary")
+
+
+def read_manifest(path: Path) -> Manifest:
+    return _read(Manifest, path, "export manifest")
+
+
+def read_verify_report(path: Path) -> VerifyReport:
+    return _read(VerifyReport, path, "verify report")
+
+
+def read_checkpoint_meta(ckpt: dict[str, Any], *, source: Path | str) -> CheckpointMeta:
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}
+    return parse(CheckpointMeta, meta, source=source, what="checkpoint metadata")
+
+
+def write(path: Path, model: BaseModel) -> None:
+    """Atomically, as indented JSON (the key order of the model)."""
+    files.write_json(path, model.model_dump(mode="json"))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl: one JSON object per epoch; an absent file is no epoch yet."""
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: damaged ({e}) — it is rewritten whole each epoch; re-run the training") from None
+
+
+def read_recipe(run: RunDir) -> Recipe:
+    """The run's resolved recipe, validated as any recipe is."""
+    path = run.recipe
+    if not path.is_file():
+        raise RunDirError(f"{run.root} is not an edgetl run directory (no {path.name}) — pass the --out of "
+                          f"`edgetl train`")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RunDirError(f"{path}: damaged ({e}) — restore it or start a new run") from None
+    return parse_recipe(data, source=str(path))
+
+
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """Each package's version (None where it is not installed), then Python's: what made a file."""
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {**{p: version(p) for p in packages}, "python": platform.python_version()}

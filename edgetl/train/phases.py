@@ -1,0 +1,154 @@
+"""The policy of one phase, applied: which groups train, at which rates, in which mode, on which inputs.
+
+    param_groups = configure_phase(model, groups, phase, backbone="resnet18", weight_decay=0.01)
+
+A phase of the recipe is data (`head` / `last:N` / `all`, rates, BatchNorm policy, augmentation); these
+functions are the short code that applies it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from edgetl.backbones import Backbone, LayerGroup
+from edgetl.errors import RecipeError
+from edgetl.recipe import LoraSection, Phase, Recipe
+from edgetl.train.epoch import Batcher, compute_features
+from edgetl.train.lora import LoraConfig
+
+
+def trainable_groups(groups: list[LayerGroup], phase: Phase, *, backbone: str) -> list[LayerGroup]:
+    """The groups a phase trains: always the head, plus the last N backbone groups (or all)."""
+    body, head = groups[:-1], groups[-1]
+    n = phase.last_n
+    if n is not None and n > len(body):
+        names = ", ".join(g.name for g in body)
+        raise RecipeError(f"phase {phase.name!r}: train = 'last:{n}' but {backbone} has {len(body)} groups ({names}); use 'all'")
+    unknown = set(phase.group_lr) - {g.name for g in groups}
+    if unknown:
+        raise RecipeError(f"phase {phase.name!r}: group_lr names unknown groups {sorted(unknown)}; {backbone} has {[g.name for g in groups]}")
+    return [*(body if n is None else body[len(body) - n:]), head] if n != 0 else [head]
+
+
+def group_learning_rates(groups: list[LayerGroup], phase: Phase) -> dict[str, float]:
+    """Discriminative rates: `lr` at the deepest backbone group, times `lr_decay` per group towards the input."""
+    body = groups[:-1]
+    rates = {g.name: phase.lr * phase.lr_decay ** (len(body) - 1 - i) for i, g in enumerate(body)}
+    rates["head"] = phase.head_lr
+    rates.update(phase.group_lr)
+    return rates
+
+
+def configure_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase, *, backbone: str,
+                    weight_decay: float, lora: LoraSection | None = None) -> list[dict[str, Any]]:
+    """Set requires_grad for the phase and return optimizer param groups (no weight decay on norms and biases).
+
+    With LoRA, trainable backbone groups train only their adapters (and norms if `lora.train_norms`).
+    """
+    train = trainable_groups(groups, phase, backbone=backbone)
+    model.requires_grad_(False)
+    for group in train:
+        for module in group.modules:
+            module.requires_grad_(True)
+            if lora is not None and group.name != "head":
+                for name, param in module.named_parameters():
+                    param.requires_grad_("lora_" in name)
+                for sub in module.modules():
+                    if isinstance(sub, _NORMS):
+                        sub.requires_grad_(lora.train_norms)
+    if phase.bn == "frozen":
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                module.requires_grad_(False)
+    rates = group_learning_rates(groups, phase)
+    param_groups = []
+    for group in train:
+        params = [p for p in group.parameters() if p.requires_grad]
+        for decay, subset in ((weight_decay, [p for p in params if p.ndim > 1]), (0.0, [p for p in params if p.ndim <= 1])):
+            if subset:
+                param_groups.append({"params": subset, "lr": rates[group.name], "weight_decay": decay, "name": group.name})
+    if not param_groups:
+        raise RecipeError(f"phase {phase.name!r} trains no parameter; check its `train` and `bn` settings")
+    return param_groups
+
+
+_NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def set_train_mode(model: nn.Module, groups: list[LayerGroup], phase: Phase, *, backbone: str) -> None:
+    """Train mode only where weights train; frozen groups (and frozen BN) keep their running statistics."""
+    model.eval()
+    for group in trainable_groups(groups, phase, backbone=backbone):
+        for module in group.modules:
+            module.train()
+    if phase.bn == "frozen":
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
+
+
+def count_trainable(groups: list[LayerGroup]) -> dict[str, int]:
+    return {g.name: sum(p.numel() for p in g.parameters() if p.requires_grad) for g in groups}
+
+
+def lr_factor(phase: Phase, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warmup, then cosine to zero (or constant): the multiplier of each group's rate at a step."""
+    total = phase.epochs * steps_per_epoch
+    warmup = round(phase.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if phase.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def make_optimizer(param_groups: list[dict[str, Any]], recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(param_groups)
+
+
+def phase_inputs(model: nn.Module, backbone: Backbone, phase: Phase, *, train: Batcher, val: Batcher, batch_size: int
+                 ) -> tuple[Batcher, Batcher, Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """What a phase iterates over and how it runs the model: (train data, val data, train forward, eval forward).
+
+    A head-only phase without augmentation trains the head on features computed once; with augmentation the
+    frozen backbone still runs without autograd.
+    """
+    head = backbone.head(model)
+    if phase.last_n == 0 and not phase.augment:
+        def cache(data: Batcher) -> Batcher:
+            feats = compute_features(model, backbone, data, batch_size=batch_size)
+            return Batcher(feats, data.y.to(data.device), data.preprocessing, data.device, features=True)
+
+        return cache(train), cache(val), head, head
+    train = Batcher(train.x, train.y, train.preprocessing, train.device, augment=phase.augment)
+    if phase.last_n != 0:
+        return train, val, model, model
+
+    def frozen_backbone(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = backbone.features(model, x)
+        return head(feats)
+
+    return train, val, frozen_backbone, model
+
+
+def lora_config(section: LoraSection, model: nn.Module, groups: list[LayerGroup]) -> LoraConfig:
+    """The adapter config for a model: the head trains in full, so its layers get no adapter."""
+    head_weights = {id(p) for p in groups[-1].parameters()}
+    exclude = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m.weight) in head_weights]
+    return LoraConfig(rank=section.rank, alpha=section.alpha, dropout=section.dropout, targets=list(section.targets),
+                      allow_depthwise=section.allow_depthwise, exclude=exclude)
+
+

@@ -1,0 +1,293 @@
+"""The train stage: a new run (`train`) or an interrupted one continued (`resume`), phase after phase.
+
+    summary = train(load_recipe("quickstart"), run_dir=Path("artifacts/demo"))
+
+Everything that can fail on bad input is checked before anything is written (`prepare_run`). Each phase is
+applied by `phases.py`, each epoch run by `epoch.py`; this module keeps the order, the checkpoints
+(`last.pt` after every epoch, `best.pt` at the best val loss) and the run directory's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetl import files, rundir
+from edgetl.backbones import Backbone, get_backbone
+from edgetl.errors import EdgetlError
+from edgetl.preprocessing import Preprocessing
+from edgetl.recipe import Recipe
+from edgetl.rundir import PhaseSummary, RunDir, TrainSummary
+from edgetl.train.checkpoint import check_belongs, load_checkpoint, save_checkpoint
+from edgetl.train.curves import plot_curves
+from edgetl.train.data import DataBundle, load_data
+from edgetl.train.epoch import (
+    Batcher,
+    Callbacks,
+    Interrupted,
+    evaluate,
+    memory_format,
+    select_device,
+    steps_per_epoch,
+    train_one_epoch,
+)
+from edgetl.train.lora import LoraConfig, inject_lora
+from edgetl.train.phases import (
+    configure_phase,
+    count_trainable,
+    lora_config,
+    lr_factor,
+    make_optimizer,
+    phase_inputs,
+    set_train_mode,
+    trainable_groups,
+)
+from edgetl.train.state import Best, EarlyStopping, TrainState, state_copy
+from edgetl.train.weights import load_pretrained
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and validated before anything is written."""
+
+    backbone: Backbone
+    preprocessing: Preprocessing
+    data: DataBundle
+    model: nn.Module
+    weights: str
+    device: torch.device
+    lora: LoraConfig | None
+
+
+def prepare_run(recipe: Recipe, *, device: str = "auto", callbacks: Callbacks | None = None,
+                split: dict | None = None) -> Prepared:
+    """Everything that can fail on bad input, done before anything is written."""
+    callbacks = callbacks or Callbacks()
+    torch_device = select_device(device)
+    backbone = get_backbone(recipe.backbone)
+    preprocessing = backbone.preprocessing.scaled(recipe.image_size)
+    data = load_data(recipe.data, preprocessing=preprocessing, seed=recipe.seed, val_fraction=recipe.val_fraction,
+                     subset=recipe.subset, split=split, progress=callbacks.data_progress)
+    torch.manual_seed(recipe.seed)
+    model = backbone.build(len(data.classes))
+    report = load_pretrained(model, backbone, recipe.weights)
+    groups = backbone.groups(model)
+    lora = lora_config(recipe.lora, model, groups) if recipe.lora is not None else None
+    if lora is not None:
+        inject_lora(model, lora)
+    for phase in recipe.phases:
+        trainable_groups(groups, phase, backbone=backbone.name)
+    return Prepared(backbone, preprocessing, data, model, report.source, torch_device, lora)
+
+
+def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Callbacks | None = None) -> TrainSummary:
+    """Train a new run into `run_dir` (which must not hold a run yet)."""
+    started = time.perf_counter()
+    callbacks = callbacks or Callbacks()
+    run = RunDir(run_dir)
+    if run.checkpoint("last").exists():
+        raise EdgetlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    prep = prepare_run(recipe, device=device, callbacks=callbacks)
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {run_dir}: {files.folder_problem(run.root, e)} — choose another --out") from None
+    files.write_text(run.recipe, recipe.to_toml())
+    files.write_json(run.labels, prep.data.classes)
+    files.write_json(run.preprocessing, prep.preprocessing.to_dict())
+    files.write_json(run.split, prep.data.split)
+    files.write_json(run.data, {"skipped": [list(s) for s in prep.data.skipped], "weights": prep.weights})
+    return _fit(recipe, prep, run=run, callbacks=callbacks, resume=None, started=started)
+
+
+def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None = None) -> TrainSummary:
+    """Continue an interrupted run from its last complete epoch, in the same phase, with the same state."""
+    started = time.perf_counter()
+    callbacks = callbacks or Callbacks()
+    run = RunDir(run_dir)
+    ckpt = load_checkpoint(run.checkpoint("last"))
+    recipe = rundir.read_recipe(run)
+    split = files.read_json(run.split, what="split")
+    prep = prepare_run(recipe, device=device, callbacks=callbacks, split=split)
+    check_belongs(ckpt, backbone=recipe.backbone, labels=prep.data.classes, source=run.checkpoint("last"))
+    prep.model.load_state_dict(ckpt["model"])
+    return _fit(recipe, prep, run=run, callbacks=callbacks, resume=TrainState.from_checkpoint(ckpt), started=started)
+
+
+class TrainingInterrupted(EdgetlError):
+    """SIGINT/SIGTERM: the current step finished and last.pt holds it."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT interrupts at once."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, resume: TrainState | None,
+         started: float) -> TrainSummary:
+    backbone, preprocessing, data, model, device = prep.backbone, prep.preprocessing, prep.data, prep.model, prep.device
+    meta = rundir.CheckpointMeta(backbone=backbone.name, num_classes=len(data.classes), labels=data.classes,
+                                 preprocessing=preprocessing, recipe=recipe.model_dump(),
+                                 recipe_sha256=recipe.digest(), lora=prep.lora.to_dict() if prep.lora else None)
+    meta_dict = meta.model_dump(mode="json", exclude={"epoch", "val_acc", "val_loss"})
+    model.to(device=device, memory_format=memory_format(device))
+    groups = backbone.groups(model)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    train_images = Batcher(data.train.images, data.train.targets, preprocessing, device)
+    val_images = Batcher(data.val.images, data.val.targets, preprocessing, device)
+
+    state = resume or TrainState()
+    metrics = [m for m in rundir.read_metrics(run.metrics) if m["epoch"] <= state.global_epoch] if resume else []
+    partial = state.epoch_progress
+    start_phase, start_epoch = state.next_phase, state.next_epoch
+    trainable_counts: dict[str, dict[str, int]] = {}
+
+    def save_last(state: TrainState) -> None:
+        state.global_epoch = len(metrics)
+        save_checkpoint(run.checkpoint("last"), {**meta_dict, "model": state_copy(model), **state.to_checkpoint()})
+
+    def between_phases(next_phase: int) -> TrainState:
+        return TrainState(next_phase=next_phase, best=state.best)
+
+    def resume_point(phase: int, next_epoch: int, early: EarlyStopping, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, **cut: Any) -> TrainState:
+        """Inside a phase: everything to continue at `next_epoch` (or inside it, with `cut`)."""
+        return TrainState(next_phase=phase, next_epoch=next_epoch, best=state.best, early=early,
+                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), **cut)
+
+    with stop_on_signals() as stop_requested:
+        for p in range(start_phase, len(recipe.phases)):
+            phase = recipe.phases[p]
+            continuing = resume is not None and p == start_phase and resume.optimizer is not None
+            first_epoch = start_epoch if p == start_phase else 0
+            param_groups = configure_phase(model, groups, phase, backbone=backbone.name, weight_decay=recipe.weight_decay,
+                                           lora=recipe.lora)
+            trainable_counts[phase.name] = count_trainable(groups)
+            cached = phase.last_n == 0 and not phase.augment
+            features_started = time.perf_counter()
+            train_data, val_data, forward, eval_forward = phase_inputs(
+                model, backbone, phase, train=train_images, val=val_images, batch_size=recipe.batch_size)
+            steps = steps_per_epoch(len(train_data), recipe.batch_size)
+            optimizer = make_optimizer(param_groups, recipe)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(phase, steps))
+            early = EarlyStopping()
+            if continuing:
+                optimizer.load_state_dict(resume.optimizer)
+                scheduler.load_state_dict(resume.scheduler)
+                early = resume.early or early
+            done_steps = steps * first_epoch + (partial.step if partial else 0)
+            callbacks.phase_start(index=p, phase=phase, steps=steps * phase.epochs - done_steps,
+                                  trainable=trainable_counts[phase.name], cached=cached)
+            for e in range(first_epoch, phase.epochs):
+                global_epoch = len(metrics) + 1
+                generator = torch.Generator().manual_seed(_epoch_seed(recipe.seed, global_epoch))
+                if partial is None:
+                    torch.manual_seed(_epoch_seed(recipe.seed, global_epoch))  # dropout and friends
+                    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+                else:
+                    lrs = resume.epoch_lrs
+                t0 = time.perf_counter() - (partial.seconds if partial else 0.0)
+                if cached and e == first_epoch:
+                    t0 = features_started  # the first epoch of a cached phase pays for computing the features
+                set_train_mode(model, groups, phase, backbone=backbone.name)
+                try:
+                    train_loss, train_acc = train_one_epoch(
+                        forward, train_data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                        batch_size=recipe.batch_size, generator=generator, callbacks=callbacks, start=partial,
+                        should_stop=stop_requested)
+                except Interrupted as cut:
+                    save_last(resume_point(p, e, early, optimizer, scheduler, epoch_progress=cut.progress, epoch_lrs=lrs))
+                    raise TrainingInterrupted(f"stopped after step {cut.progress.step} of epoch {global_epoch}; "
+                                              f"continue with: edgetl train --resume {run.root}") from None
+                partial = None
+                train_seconds = time.perf_counter() - t0
+                model.eval()
+                val_loss, val_acc = evaluate(eval_forward, val_data, batch_size=recipe.batch_size * 2)
+                record = {
+                    "epoch": global_epoch, "phase": phase.name, "phase_index": p, "phase_epoch": e + 1, "lr": lrs,
+                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "images_per_s": round(len(train_data) / max(train_seconds, 1e-9), 1), "cached_features": cached,
+                }
+                metrics.append(record)
+                files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
+                early.update(val_loss, model)
+                if state.best.improved_by(val_loss=val_loss):
+                    state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch)
+                    save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model), "val_acc": val_acc,
+                                                             "val_loss": val_loss, "epoch": global_epoch})
+                stop_early = early.should_stop(recipe.patience)
+                phase_over = stop_early or e + 1 == phase.epochs
+                if not phase_over:
+                    save_last(resume_point(p, e + 1, early, optimizer, scheduler))
+                callbacks.epoch_end(record)
+                if stop_requested():
+                    if phase_over:
+                        early.restore_best(model)
+                        save_last(between_phases(p + 1))
+                    raise TrainingInterrupted(f"stopped after epoch {global_epoch}; continue with: edgetl train "
+                                              f"--resume {run.root}")
+                if stop_early:
+                    log.info("phase %s: val loss did not improve for %d epochs; stopping early", phase.name, recipe.patience)
+                    break
+            early.restore_best(model)
+            save_last(between_phases(p + 1))
+
+    best = state.best
+    summary = TrainSummary(
+        run_dir=str(run.root), backbone=backbone.name, device=str(device), best_val_acc=best.val_acc,
+        best_val_loss=best.val_loss, best_epoch=best.epoch, seconds=sum(m["seconds"] for m in metrics),
+        phases=summarize_phases(recipe, metrics), weights=prep.weights, skipped=list(data.skipped),
+        trainable=trainable_counts, wall_seconds=round(time.perf_counter() - started, 2),
+    )
+    rundir.write(run.train_json, summary)
+    plot_curves(metrics, run.curves)
+    return summary
+
+
+def summarize_phases(recipe: Recipe, metrics: list[dict[str, Any]]) -> list[PhaseSummary]:
+    out = []
+    for phase in recipe.phases:
+        rows = [m for m in metrics if m["phase"] == phase.name]
+        if rows:
+            out.append(PhaseSummary(
+                name=phase.name, epochs=len(rows), planned_epochs=phase.epochs,
+                best_val_acc=max(m["val_acc"] for m in rows), best_val_loss=min(m["val_loss"] for m in rows),
+                seconds=round(sum(m["seconds"] for m in rows), 2), stopped_early=len(rows) < phase.epochs,
+            ))
+    return out

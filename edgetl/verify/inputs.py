@@ -1,0 +1,167 @@
+"""The inputs models are checked on: real photos preprocessed from the manifest alone, plus noise.
+
+    inputs = gather_inputs(run_dir, labels=labels, preprocessing=prep, data=None, samples=32)  # x: [N, 3, H, W]
+
+`edgetl verify` feeds them to every runtime, and `edgetl export` checks its BatchNorm fold on them. Real
+images come from `--data DIR` when given, else the run's validation split (split.json); they are
+preprocessed by `edgetl.preprocessing`, the manifest alone, exactly as a device would. A few N(0, 1) tensors
+follow, so parity is also checked away from the training distribution. Missing files are skipped with a
+warning; with no real image left, parity runs on the random tensors alone and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgetl.errors import DataError
+from edgetl.files import read_json
+from edgetl.images import UnusableImageError
+from edgetl.preprocessing import Preprocessing, preprocess_image
+from edgetl.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+RANDOM_INPUTS = 4
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+Source = Path | Image.Image  # a file, or an already decoded image (torchvision's array datasets)
+
+
+@dataclass
+class Inputs:
+    x: np.ndarray  # float32 [N, 3, H, W]: the real images first, then the random tensors
+    targets: np.ndarray  # int64 [N]: index into the manifest's labels; -1 when unlabelled or random
+    info: dict[str, Any]  # JSON-able: where they came from and how many
+    warnings: list[str] = field(default_factory=list)
+
+
+def gather_inputs(run_dir: Path, *, labels: Sequence[str], preprocessing: Preprocessing, data: str | None,
+                  samples: int, random: int = RANDOM_INPUTS, seed: int = 0) -> Inputs:
+    """`samples` real images (round-robin over classes) then `random` N(0, 1) tensors, labelled where known."""
+    warnings: list[str] = []
+    if data is not None:
+        entries, info = _folder_entries(data), {"source": "data", "root": data}
+        if not entries:
+            raise DataError(f"--data {data}: no images found — pass a folder of images or of class folders")
+    else:
+        entries, info = _split_entries(run_dir, warnings)
+    x_real, targets, skipped = _decode(_pick(entries, samples), preprocessing, list(labels), warnings)
+    if x_real.shape[0] == 0:
+        _warn(warnings, "no real images to check with; parity uses random inputs only — pass --data DIR to "
+                        "check real photos")
+        info["source"] = "random"
+    crop = preprocessing.crop_size
+    noise = np.random.default_rng(seed).standard_normal((random, 3, crop, crop)).astype(np.float32)
+    x = np.concatenate([x_real.reshape(-1, 3, crop, crop), noise])
+    targets = np.concatenate([targets, np.full(random, -1, dtype=np.int64)])
+    info.update(images=int(x_real.shape[0]), labelled=int((targets >= 0).sum()), random=random, skipped=skipped)
+    return Inputs(x=x, targets=targets, info=info, warnings=warnings)
+
+
+def _warn(warnings: list[str], message: str) -> None:
+    log.warning(message)
+    warnings.append(message)
+
+
+def _folder_entries(data: str) -> list[tuple[Source, str | None]]:
+    """(image, class folder name or None) for a folder of class folders, its val/ part, or `sample`."""
+    if data == "sample":
+        from edgetl.train.sample import ensure_sample
+
+        root = ensure_sample()
+    else:
+        root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data {data}: folder not found — pass a folder of images or of class folders, or `sample`")
+    if (root / "val").is_dir():
+        root = root / "val"
+    entries: list[tuple[Source, str | None]] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in rel.parts) and path.is_file():
+            entries.append((path, rel.parts[0] if len(rel.parts) > 1 else None))
+    return entries
+
+
+def _split_entries(run_dir: Path, warnings: list[str]) -> tuple[list[tuple[Source, str | None]], dict[str, Any]]:
+    """The validation images split.json lists, those still there; a warning for any that are gone."""
+    path = RunDir(run_dir).split
+    if not path.is_file():
+        _warn(warnings, f"{path} not found: no validation images to check with")
+        return [], {"source": "split"}
+    split = read_json(path, what="split file")
+    source, val = str(split.get("source")), split.get("val") or []
+    info: dict[str, Any] = {"source": "split", "dataset": source}
+    if source.lower() in ("cifar10", "cifar100"):
+        return _array_entries(source.lower(), val, warnings), info
+    if source == "sample":
+        from edgetl.train.sample import ensure_sample
+
+        root = ensure_sample()
+    else:
+        root = Path(split.get("root") or source)
+    info["root"] = str(root)
+    present = [(root / rel, c) for rel, c in val if (root / rel).is_file()]
+    if len(present) < len(val):
+        _warn(warnings, f"{len(val) - len(present)} of {len(val)} validation images listed in {path} are gone "
+                        f"from {root}")
+    return present, info
+
+
+def _array_entries(name: str, val: list, warnings: list[str]) -> list[tuple[Source, str | None]]:
+    """The val images of a torchvision array dataset, from the local cache only (verify never downloads)."""
+    import torchvision.datasets
+
+    from edgetl.train.sample import cache_dir
+
+    try:
+        dataset = getattr(torchvision.datasets, name.upper())(str(cache_dir() / "torchvision"), train=False,
+                                                              download=False)
+    except (RuntimeError, OSError) as e:
+        _warn(warnings, f"{name} is not in the local cache ({e}); no validation images to check with")
+        return []
+    entries: list[tuple[Source, str | None]] = []
+    for ref, c in val:
+        part, _, index = str(ref).partition("/")
+        if part == "test" and index.isdigit() and int(index) < len(dataset.data):
+            entries.append((Image.fromarray(dataset.data[int(index)]), c))
+    return entries
+
+
+def _pick(entries: list[tuple[Source, str | None]], n: int) -> list[tuple[Source, str | None]]:
+    """The first `n`, taken round-robin over classes, so a few samples still cover every class."""
+    by_class: dict[str | None, list[tuple[Source, str | None]]] = defaultdict(list)
+    for entry in entries:
+        by_class[entry[1]].append(entry)
+    picked: list[tuple[Source, str | None]] = []
+    for row in range(max((len(v) for v in by_class.values()), default=0)):
+        picked += [v[row] for v in by_class.values() if row < len(v)]
+    return picked[:n]
+
+
+def _decode(entries: Sequence[tuple[Source, str | None]], preprocessing: Preprocessing, labels: list[str],
+            warnings: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted({c for _, c in entries if c is not None and c not in index})
+    if unknown:
+        _warn(warnings, f"class folder(s) {', '.join(unknown)} are not among the model's labels; those images "
+                        f"count for parity, not for accuracy")
+    images, targets, skipped = [], [], 0
+    for source, name in entries:
+        try:
+            images.append(preprocess_image(source, preprocessing))
+        except (UnusableImageError, OSError, ValueError, SyntaxError) as e:  # PIL's errors for damaged files
+            skipped += 1
+            log.warning("skipped %s: %s", source, e)
+            continue
+        targets.append(index.get(name, -1) if name is not None else -1)
+    crop = preprocessing.crop_size
+    x = np.stack(images) if images else np.zeros((0, 3, crop, crop), dtype=np.float32)
+    return x, np.asarray(targets, dtype=np.int64), skipped

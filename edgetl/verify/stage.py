@@ -1,0 +1,240 @@
+"""The verify stage: integrity, parity with the trained checkpoint, latency — a CI gate.
+
+    edgetl verify artifacts/my-run --max-latency-ms 15 --baseline ci/verify.json
+
+Integrity first: every file the manifest lists must have its size and sha256. Then each artifact runs in its
+format's runtime (`edgetl.formats`) on real validation images preprocessed from the manifest alone, plus
+random tensors, against the checkpoint it was exported from (unfolded, eval, fp32): names, then shapes, then
+values, one ✓/✗ line each (`parity.py`, `gate.py`). Latency follows (`latency.py`). Every failure is
+collected and raised once (`ChecksFailed`, exit 1); the report goes to RUN/verify.json either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgetl import __version__, rundir
+from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
+from edgetl.files import sha256_file
+from edgetl.formats import FORMATS
+from edgetl.formats.base import torch_runner
+from edgetl.rundir import ArtifactEntry, Manifest, RunDir, VerifyReport
+from edgetl.train.checkpoint import checkpoint_meta, load_model
+from edgetl.verify.gate import BARS, Bars, Check, Gate
+from edgetl.verify.inputs import gather_inputs
+from edgetl.verify.latency import (
+    TimingPlan,
+    all_threads,
+    check_regression,
+    gate_latency,
+    machine_fingerprint,
+    measure_latency,
+)
+from edgetl.verify.parity import PARITY_BATCH, accuracy, check_parity, run_batched
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """The flags of `edgetl verify`; None for a bar means the precision's default (BARS) or no bar."""
+
+    data: str | None = None  # images to check with; None: the run's validation split
+    samples: int = 32
+    atol: float | None = None
+    min_top1: float | None = None
+    batch: int | None = None  # also timed, besides batch 1
+    max_latency_ms: float | None = None
+    baseline: Path | None = None
+    max_regression: float = 0.10
+    threads: tuple[int, ...] | None = None  # None: 1 and all cores
+    timing: TimingPlan = field(default_factory=TimingPlan)
+
+    def validate(self) -> None:
+        """Bad flag values are usage errors (exit 2), never silently corrected."""
+        t = self.threads or ()
+        problems = [
+            (self.samples < 0, f"--samples must be >= 0 (got {self.samples})"),
+            (self.atol is not None and self.atol < 0, f"--atol must be >= 0 (got {self.atol})"),
+            (self.min_top1 is not None and not 0 <= self.min_top1 <= 1,
+             f"--min-top1 is a fraction in [0, 1] (got {self.min_top1})"),
+            (self.batch is not None and self.batch < 1, f"--batch must be >= 1 (got {self.batch})"),
+            (self.max_latency_ms is not None and self.max_latency_ms <= 0,
+             f"--max-latency-ms must be > 0 (got {self.max_latency_ms})"),
+            (self.max_regression < 0, f"--max-regression is a fraction >= 0, e.g. 0.10 (got {self.max_regression})"),
+            (any(n < 1 for n in t), f"--threads must be >= 1 (got {list(t)})"),
+            (self.timing.seconds <= 0, f"--latency-seconds must be > 0 (got {self.timing.seconds})"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise EdgetlError(message)
+
+
+@dataclass
+class VerifyResult:
+    run_dir: Path
+    json_path: Path
+    report: VerifyReport  # exactly what verify.json holds
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+class ChecksFailed(VerifyFailed):
+    """One or more bars failed; `result` holds the whole report (also written to verify.json)."""
+
+    def __init__(self, result: VerifyResult) -> None:
+        failures = [c.message() for c in result.checks if not c.passed]
+        super().__init__(f"verify failed {len(failures)} check(s) (report: {result.json_path}):\n  "
+                         + "\n  ".join(failures))
+        self.result = result
+
+
+def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, json_path: Path | None = None,
+               progress: Progress = lambda stage: None) -> VerifyResult:
+    """Run every check on RUN/export and write the report; raise ChecksFailed if any bar fails."""
+    run = RunDir(run_dir)
+    settings.validate()
+    manifest = read_manifest(run)
+    old = rundir.read_verify_report(settings.baseline) if settings.baseline is not None else None
+    report = _new_report(run, settings, baseline=old is not None)
+    gate = Gate()
+    progress("integrity")
+    check_integrity(run.export_dir, manifest, gate)
+    if not gate.failures:  # never load a file that is not the one exported
+        runnable, checkpoint = _check_parity_all(run, manifest, settings, gate, report, progress)
+        _check_latency(run, manifest, runnable, checkpoint, settings, gate, report, old, progress)
+    report.passed = not gate.failures
+    report.failures = [c.message() for c in gate.failures]
+    report.checks = [dataclasses.asdict(c) for c in gate.checks]
+    json_path = Path(json_path) if json_path is not None else run.verify_json
+    rundir.write(json_path, report)
+    result = VerifyResult(run_dir=run.root, json_path=json_path, report=report, checks=gate.checks)
+    if not result.passed:
+        raise ChecksFailed(result)
+    return result
+
+
+def _new_report(run: RunDir, settings: VerifySettings, *, baseline: bool) -> VerifyReport:
+    """verify.json's skeleton: every key is always there, whatever stage a failure stops at."""
+    return VerifyReport(
+        edgetl_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_dir=str(run.root),
+        bars={"parity": {}, "latency": {"max_latency_ms": settings.max_latency_ms,
+                                        "max_regression": settings.max_regression if baseline else None}},
+        settings={"data": settings.data, "samples": settings.samples, "batches": None, "threads": None,
+                  "timing": settings.timing.to_dict()},
+        machine=machine_fingerprint(), versions=rundir.package_versions("edgetl", "torch", "onnx", "onnxruntime", "numpy", "pillow"),
+        manifest_sha256=sha256_file(run.manifest),
+    )
+
+
+def read_manifest(run: RunDir) -> Manifest:
+    if not run.root.is_dir():
+        raise RunDirError(f"run directory {run.root} not found")
+    if not run.manifest.is_file():
+        raise RunDirError(f"{run.manifest} not found — run `edgetl export {run.root}` first")
+    return rundir.read_manifest(run.manifest)
+
+
+def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
+    """Every listed file is there with the manifest's byte size and sha256: nothing truncated or altered."""
+    if not manifest.artifacts:
+        gate.check("manifest.json", "integrity", "artifacts listed", 0, ">=", 1)
+    for artifact in manifest.artifacts:
+        name, path = artifact.file, export_dir / artifact.file
+        if not gate.check(name, "integrity", "file", "present" if path.is_file() else "missing", "==", "present",
+                          detail=f"listed in {export_dir / 'manifest.json'} — re-run `edgetl export`"):
+            continue
+        fix = "the file changed after export; re-run `edgetl export` or restore it"
+        gate.check(name, "integrity", "bytes", path.stat().st_size, "==", artifact.bytes, detail=fix)
+        gate.check(name, "integrity", "sha256", sha256_file(path), "==", artifact.sha256, detail=fix)
+
+
+def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings, gate: Gate,
+                      report: VerifyReport, progress: Progress) -> tuple[list[ArtifactEntry], Path]:
+    """Every artifact with a runtime against the checkpoint; returns the artifacts that ran, and the checkpoint."""
+    checkpoint = run.checkpoint(manifest.run.checkpoint)
+    artifacts = [a for a in manifest.artifacts if a.format in FORMATS]
+    for a in manifest.artifacts:
+        if a.format not in FORMATS:
+            _warn(report, f"{a.file}: no runtime for format {a.format!r} (known: {', '.join(FORMATS)}); "
+                          f"integrity checked only")
+    progress("reference")
+    model, ckpt = load_model(checkpoint)
+    meta = checkpoint_meta(ckpt, source=checkpoint)
+    name = str(checkpoint.relative_to(run.root))
+    fix = "the checkpoint changed after export; re-run `edgetl export`"
+    saved = {"epoch": meta.at_epoch, "recipe_sha256": meta.recipe_sha256}
+    for key, value in saved.items():
+        exported = getattr(manifest.run, key)
+        if exported is not None:  # the reference must be the checkpoint the export was made from
+            gate.check(name, "integrity", key, value, "==", exported, detail=fix)
+    reference = torch_runner(model)
+    progress("inputs")
+    inputs = gather_inputs(run.root, labels=manifest.labels, preprocessing=manifest.preprocessing,
+                           data=settings.data, samples=settings.samples)
+    report.warnings += inputs.warnings
+    ref_logits = run_batched(reference, inputs.x, batch=PARITY_BATCH)
+    report.inputs = inputs.info
+    report.reference = {"file": name, "accuracy": accuracy(ref_logits, inputs.targets)}
+    runnable = []
+    for artifact in artifacts:
+        name = artifact.file
+        progress(f"parity {name}")
+        bars = _bars(artifact, settings, gate)
+        report.bars["parity"][name] = {"precision": artifact.precision, **(dataclasses.asdict(bars) if bars else {})}
+        try:
+            runner = FORMATS[artifact.format].load(run.export_dir / name)
+        except Exception as e:  # noqa: BLE001 — a file its runtime refuses fails this artifact, not the whole run
+            gate.check(name, "load", f"loads in its runtime ({artifact.format})", describe_error(e), "==", "ok")
+            continue
+        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=ref_logits, bars=bars)
+        report.parity[name] = figures
+        if figures is not None:
+            runnable.append(artifact)
+    return runnable, checkpoint
+
+
+def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntry], checkpoint: Path,
+                   settings: VerifySettings, gate: Gate, report: VerifyReport, old: VerifyReport | None,
+                   progress: Progress) -> None:
+    progress("latency")
+    shape, crop = manifest.input.shape, manifest.preprocessing.crop_size
+    static = shape[0] if isinstance(shape[0], int) else None
+    if static and settings.batch not in (None, static):
+        _warn(report, f"the export has a fixed batch of {static}: latency is timed at batch {static} only")
+    batches = [static] if static else sorted({1, settings.batch or 1})
+    hw = tuple(d if isinstance(d, int) else crop for d in shape[2:4])
+    threads = sorted(set(settings.threads or (1, all_threads())))
+    report.latency = measure_latency(artifacts, export_dir=run.export_dir, checkpoint=checkpoint, input_hw=hw,
+                                     batches=batches, threads=threads, plan=settings.timing, progress=progress)
+    report.settings.update(batches=batches, threads=threads)
+    report.gate = gate_latency(report.latency, gate, max_latency_ms=settings.max_latency_ms)
+    if old is not None and report.gate is not None:
+        report.regression = check_regression(report.gate, gate, old=old, baseline=settings.baseline,
+                                             machine=report.machine, max_regression=settings.max_regression,
+                                             warn=lambda message: _warn(report, message))
+
+
+def _bars(artifact: ArtifactEntry, settings: VerifySettings, gate: Gate) -> Bars | None:
+    if artifact.precision not in BARS:
+        gate.check(artifact.file, "values", "precision with bars", artifact.precision, "==", " | ".join(BARS),
+                   detail=f"no bars are defined for {artifact.precision}; add them to edgetl.verify.gate.BARS")
+        return None
+    default = BARS[artifact.precision]
+    return Bars(atol=default.atol if settings.atol is None else settings.atol,
+                min_top1=default.min_top1 if settings.min_top1 is None else settings.min_top1)
+
+
+def _warn(report: VerifyReport, message: str) -> None:
+    log.warning(message)
+    report.warnings.append(message)

@@ -1,0 +1,112 @@
+"""End to end through `edgetl train` on a tiny generated dataset: the run directory, resume, errors."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgetl.cli import app
+from edgetl.train import train
+from edgetl.train.checkpoint import load_checkpoint
+from edgetl.train.epoch import Callbacks
+from edgetl.train.sample import SHAPES
+
+runner = CliRunner()
+
+
+def test_train_writes_the_run_directory(tiny, tmp_path):
+    data, recipe = tiny
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in ("recipe.resolved.toml", "labels.json", "preprocessing.json", "split.json", "metrics.jsonl",
+                 "curves.png", "train.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "labels.json").read_text()) == sorted(SHAPES[:3])
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in metrics] == ["head"] * 2 + ["top"] * 2 + ["all"] * 3
+    assert [m["epoch"] for m in metrics] == list(range(1, 8))
+    for m in metrics:
+        assert 0 <= m["val_acc"] <= 1 and 0 <= m["train_acc"] <= 1 and m["val_loss"] > 0 and m["images_per_s"] > 0
+    assert metrics[0]["cached_features"] and not metrics[2]["cached_features"]
+    assert set(metrics[0]["lr"]) == {"head"} and set(metrics[2]["lr"]) == {"stage4", "head"}
+    assert set(metrics[4]["lr"]) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
+    assert metrics[4]["lr"]["stage4"] == pytest.approx(1e-3 / 3)  # warmup: first of 3 steps
+    assert metrics[4]["lr"]["stem"] == pytest.approx(1e-3 / 3 * 0.5 ** 4)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 24 and len(split["val"]) == 6
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["labels"] == sorted(SHAPES[:3]) and best["backbone"] == "mobilenet_v3_small"
+    assert "edgetl train" in result.output and "best.pt" in result.output
+
+
+class Interrupt(Callbacks):
+    """Stops the run right after a given epoch's checkpoint, like a kill between epochs."""
+
+    def __init__(self, after_epoch: int):
+        self.after_epoch = after_epoch
+
+    def epoch_end(self, record):
+        if record["epoch"] == self.after_epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 6])  # mid head phase (cached features), mid top phase, mid all phase
+def test_resume_gives_the_same_final_weights(straight, tmp_path, stop_after):
+    recipe, straight_run = straight
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, run_dir=tmp_path / "cut", device="cpu", callbacks=Interrupt(stop_after))
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    a = load_checkpoint(straight_run / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    metrics = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == list(range(1, 8))
+
+
+def test_training_on_an_existing_run_is_refused(tiny, tmp_path):
+    data, recipe = tiny
+    args = ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(tmp_path / "r"), "--epochs-scale", "0.3"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--epochs-scale", "-1"], "--epochs-scale must be > 0"),
+    (["--weights", "/no/such/weights.pth"], "weights.pth"),
+])
+def test_bad_input_gives_a_one_line_error_and_writes_nothing(tiny, tmp_path, args, message):
+    data, recipe = tiny
+    base = ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(tmp_path / "r")]
+    result = runner.invoke(app, base + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_phase_that_does_not_fit_the_backbone_is_refused_before_writing(tiny, tmp_path):
+    data, recipe = tiny
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.read_text().replace('train = "last:1"', 'train = "last:9"'))
+    result = runner.invoke(app, ["train", "--recipe", str(bad), "--data", str(data), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "last:9" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    data, recipe = tiny
+    exploding = tmp_path / "exploding.toml"
+    exploding.write_text(recipe.read_text().replace("lr = 1e-3\nlr_decay = 0.5", "lr = 1e30\nlr_decay = 0.5"))
+    run = tmp_path / "r"
+    result = runner.invoke(app, ["train", "--recipe", str(exploding), "--data", str(data), "--out", str(run)])
+    assert result.exit_code == 1, result.output
+    assert "training loss became nan" in result.output or "training loss became inf" in result.output
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["next_phase"], last["next_epoch"]) == (2, 0), "the checkpoint of the last good epoch is kept"
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
