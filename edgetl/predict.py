@@ -72,7 +72,7 @@ def predict(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5, 
     for image in images:
         try:
             batch.append(preprocess_image(image, manifest.preprocessing))
-        except (UnusableImageError, OSError, ValueError) as e:
+        except (UnusableImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: PIL on some damaged files
             raise DataError(f"cannot read image {image}: {e}") from None
     fixed = manifest.input.shape[0]
     x = np.stack(batch)

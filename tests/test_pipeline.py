@@ -1,20 +1,22 @@
-"""`edgetl run` end to end through the CLI, `--resume`, `info`, and `predict` against PyTorch on real photos."""
+"""`edgetl run` end to end through the CLI, `--resume`, `info`, and the stage hooks and resume order."""
 
+import contextlib
 import hashlib
+import itertools
 import json
+import os
 import shutil
+from pathlib import Path
 
-import numpy as np
 import pytest
-import skimage.data
-import torch
-from PIL import Image
-from torchvision.transforms import v2
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.preprocessing import preprocess_batch
-from edgetl.train.checkpoint import load_model
+from edgetl.errors import RunDirError
+from edgetl.pipeline import ExportRequest, Hooks, TrainRequest, first_unfinished, run_pipeline
+from edgetl.rundir import RunDir
+from edgetl.verify import VerifySettings
+from edgetl.verify.latency import TimingPlan
 
 runner = CliRunner()
 FAST_VERIFY = ["--latency-seconds", "0.05", "--samples", "8"]
@@ -71,44 +73,77 @@ def test_a_failing_stage_stops_the_chain_with_its_exit_code(tiny, tmp_path):
     assert not (tmp_path / "r" / "export").exists()
 
 
-def test_predict_unknown_run_and_bad_image(finished_run, tmp_path):
-    run, _ = finished_run
-    result = runner.invoke(app, ["predict", str(tmp_path), "x.jpg"])
-    assert result.exit_code == 2 and "edgetl export" in result.output
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"not an image")
-    result = runner.invoke(app, ["predict", str(run), str(bad)])
-    assert result.exit_code == 2 and "bad.jpg" in result.output
+# --- the pipeline as a Python API: stage order and hooks -----------------------------------------------------
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"  # written by edgetl 0.1.0, weights left out
 
 
-def test_predict_matches_pytorch_on_real_photos(tmp_path):
-    """Fine-tune the lite0 quickstart a few steps, export, and classify photos shipped by scikit-image."""
-    from edgetl.train.sample import make_image_folder
+class Recording(Hooks):
+    """Hooks that write down what the pipeline told them, in order."""
 
-    data = make_image_folder(tmp_path / "data", classes=3, per_class=8, size=64, seed=1)
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--epochs-scale", "0.25"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["export", str(run), "--format", "onnx"])
-    assert result.exit_code == 0, result.output
-    photos = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket"):
-        path = tmp_path / f"{name}.jpg"
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path, quality=95)
-        photos.append(path)
-    result = runner.invoke(app, ["predict", str(run), *map(str, photos), "--json", "--top-k", "3"])
-    assert result.exit_code == 0, result.output
-    predicted = json.loads(result.output)
+    def __init__(self) -> None:
+        self.events: list[str] = []
 
-    model, ckpt = load_model(run / "checkpoints" / "best.pt")
-    p = ckpt["preprocessing"]
-    # PyTorch with torchvision's own eval transform: the same labels
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize(p["resize_size"], interpolation=v2.InterpolationMode(p["interpolation"]), antialias=True),
-                            v2.CenterCrop(p["crop_size"]), v2.ToDtype(torch.float32, scale=True), v2.Normalize(p["mean"], p["std"])])
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.stack([transform(Image.open(f).convert("RGB")) for f in photos])), 1).numpy()
-        same_input = torch.softmax(model(torch.from_numpy(preprocess_batch(photos, p))), 1).numpy()
-    for row, prob, exact in zip(predicted, probs, same_input):
-        assert row["label"] == ckpt["labels"][int(prob.argmax())], row["image"]
-        # on the very same input tensor, the ONNX file and PyTorch agree to float rounding
-        np.testing.assert_allclose(row["probability"], exact.max(), atol=1e-5, err_msg=row["image"])
+    @contextlib.contextmanager
+    def training(self):
+        self.events.append("training")
+        yield None
+
+    def trained(self, summary):
+        self.events.append(f"trained {summary.backbone}")
+
+    @contextlib.contextmanager
+    def exporting(self):
+        self.events.append("exporting")
+        yield
+
+    def exported(self, result):
+        self.events.append(f"exported {','.join(a.format for a in result.artifacts)}")
+
+    @contextlib.contextmanager
+    def verifying(self):
+        self.events.append("verifying")
+        yield lambda step: self.events.append("step")
+
+    def verified(self, result):
+        self.events.append(f"verified {result.report.passed}")
+
+    def note(self, message):
+        self.events.append(f"note: {message}")
+
+
+def test_run_pipeline_reports_trained_exported_verified_in_order(finished_run, tmp_path):
+    """A run whose train.json is gone resumes at train: last.pt holds the finished state, so nothing retrains."""
+    run = Path(shutil.copytree(finished_run[0], tmp_path / "run"))
+    (run / "train.json").unlink()
+    trained = (run / "checkpoints" / "best.pt").read_bytes()
+    hooks = Recording()
+    settings = VerifySettings(samples=4, threads=(1,), timing=TimingPlan(seconds=0.01, min_iterations=1, max_seconds=0.03))
+    outcome = run_pipeline(TrainRequest(device="cpu"), resume=run, export=ExportRequest(formats=("torchscript",)),
+                           verify=settings, hooks=hooks)
+    assert [event for event, _ in itertools.groupby(hooks.events)] == [f"note: resuming {run} at train", "training", "trained mobilenet_v3_small", "exporting",
+                            "exported torchscript", "verifying", "step", "verified True"]
+    assert outcome.run_dir == run and outcome.verify.passed is True and outcome.scratch is None
+    assert [a.format for a in outcome.manifest.artifacts] == ["torchscript"]
+    assert first_unfinished(run) is None
+    assert (run / "checkpoints" / "best.pt").read_bytes() == trained, "training was redone"
+
+
+@pytest.fixture
+def done(tmp_path) -> RunDir:
+    run = RunDir(shutil.copytree(FIXTURE, tmp_path / "run"))
+    for i, path in enumerate(run.stage_files().values()):  # a checkout sets mtimes in no particular order
+        os.utime(path, (1e9 + i, 1e9 + i))
+    return run
+
+
+def test_the_first_unfinished_stage_is_the_first_whose_file_is_missing_or_older_than_the_one_before(done):
+    assert first_unfinished(done.root) is None
+    os.utime(done.verify_json, (1e9 - 1, 1e9 - 1))  # verify.json older than the export it checked
+    assert first_unfinished(done.root) == "verify"
+    os.utime(done.manifest, (1e9 - 2, 1e9 - 2))  # and the export older than train.json
+    assert first_unfinished(done.root) == "export"
+    done.train_json.unlink()
+    assert first_unfinished(done.root) == "train"
+    with pytest.raises(RunDirError, match="not found"):
+        first_unfinished(done.root / "nowhere")

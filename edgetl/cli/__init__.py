@@ -188,7 +188,7 @@ def run(
 
 @command
 def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False) -> None:
-    """Classify images with the exported ONNX model and the manifest's preprocessing only (what a device does)."""
+    """Classify images with an exported file (ONNX first) and the manifest's preprocessing only, as a device does."""
     from edgetl.cli.tables import predict_table
     from edgetl.predict import predict as classify
 

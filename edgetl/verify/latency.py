@@ -228,7 +228,7 @@ def gate_latency(rows: list[dict[str, Any]], gate: Gate, *, max_latency_ms: floa
     if not timed:
         if max_latency_ms is not None:
             files = " or ".join(FORMATS[name].file for name in gating)
-            gate.check(files, "latency", f"{files} to time", "missing", "==", "present")
+            gate.check(files, "latency", "file to time", "missing", "==", "present")
         return None
     row = min(timed, key=lambda r: (r["batch"], -r["threads"]))
     if max_latency_ms is not None:

@@ -1,0 +1,55 @@
+"""The command line's shape: commands in pipeline order, choices from the registries, usage errors as exit 2."""
+
+from __future__ import annotations
+
+import re
+
+from typer.testing import CliRunner
+
+from edgetl.cli import app
+from edgetl.formats import FORMATS
+from edgetl.recipe import known_recipes
+
+runner = CliRunner()
+PIPELINE_ORDER = ["run", "train", "export", "verify", "predict", "info", "recipes"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), prog_name="edgetl", env={"COLUMNS": "200"})
+
+
+def test_help_lists_the_commands_in_pipeline_order():
+    result = invoke("--help")
+    assert result.exit_code == 0, result.output
+    listed = re.findall(r"^│ (\w+) {2,}\S", result.output.split("Commands")[1], flags=re.MULTILINE)
+    assert listed == PIPELINE_ORDER
+
+
+def test_export_format_choices_come_from_the_formats_registry():
+    result = invoke("export", "--help")
+    assert result.exit_code == 0, result.output
+    [choices] = re.findall(r"--format +-f +<([\w|]+)>", result.output)
+    assert choices.split("|") == [*FORMATS, "all"]
+    assert {"onnx", "torchscript"} <= set(FORMATS)
+    assert "[default: all]" in result.output.split("--format")[1].split("--opset")[0]
+
+
+def test_a_bad_format_is_a_usage_error_before_any_work(tmp_path):
+    result = invoke("export", str(tmp_path / "no-such-run"), "--format", "tflite")
+    assert result.exit_code == 2, result.output
+    assert "'tflite' is not one of" in result.output
+    assert "no-such-run" not in result.output  # refused while parsing, before the run directory is looked at
+
+
+def test_recipes_lists_every_shipped_recipe():
+    result = invoke("recipes")
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"^│ (\w+) +│", result.output, flags=re.MULTILINE)
+    assert rows == list(known_recipes()) and len(rows) >= 1
+
+
+def test_a_usage_error_in_a_stage_is_one_line_with_its_exit_code(tmp_path):
+    result = invoke("info", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "nowhere" in result.output
