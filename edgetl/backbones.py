@@ -3,7 +3,9 @@
     bb = get_backbone("mobilenet_v3_small"); model = bb.build(num_classes=5); bb.groups(model)
 
 Layer groups drive freezing (`head`, `last:N`, `all`) and per-depth learning rates, so every parameter of a
-model belongs to exactly one group, and the last group is always `head` (the classifier).
+model belongs to exactly one group, and the last group is always `head` (the classifier). The body groups
+hold the model's modules in call order, so `pool(run_groups(body, x))` is `features(x)`: a frozen prefix can
+run once and its output be cached, the trainable groups continuing from it.
 """
 
 from __future__ import annotations
@@ -29,12 +31,21 @@ class LayerGroup:
             yield from module.parameters()
 
 
+def run_groups(groups: list[LayerGroup], x: torch.Tensor) -> torch.Tensor:
+    """Body groups applied in order: each group's modules are the model's own, in call order."""
+    for group in groups:
+        for module in group.modules:
+            x = module(x)
+    return x
+
+
 @dataclass(frozen=True)
 class Backbone:
     name: str
     build: Callable[[int], nn.Module]  # num_classes -> randomly initialised model
     groups: Callable[[nn.Module], list[LayerGroup]]  # input -> output; the last one is "head"
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # images -> pooled features (head input)
+    pool: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # the last body group's output -> pooled features
     head: Callable[[nn.Module], nn.Module]  # the module mapping features -> logits
     classifier_key: str  # state-dict prefix of the final Linear (re-initialised when num_classes differs)
     preprocessing: Preprocessing  # of the pretrained weights, at their native size
@@ -86,8 +97,12 @@ def _named(stem: list[nn.Module], stages: list[list[nn.Module]], head: list[nn.M
 # --- torchvision families -------------------------------------------------------------------------------
 
 
+def _avgpool(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(model.avgpool(x), 1)
+
+
 def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.flatten(model.avgpool(model.features(x)), 1)
+    return _avgpool(model, model.features(x))
 
 
 def _mobilenet_groups(model: nn.Module) -> list[LayerGroup]:
@@ -112,7 +127,8 @@ def _resnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _resnet_groups(model: nn.Module) -> list[LayerGroup]:
     stages = [[model.layer1], [model.layer2], [model.layer3], [model.layer4]]
-    return _named([model.conv1, model.bn1], stages, [model.fc])
+    # relu and maxpool hold no weights, but they are part of the stem's call order.
+    return _named([model.conv1, model.bn1, model.relu, model.maxpool], stages, [model.fc])
 
 
 def _torchvision(name: str, weights_enum: str, groups, features, head, classifier_key: str) -> Backbone:
@@ -125,6 +141,7 @@ def _torchvision(name: str, weights_enum: str, groups, features, head, classifie
         build=lambda num_classes: builder(weights=None, num_classes=num_classes),
         groups=groups,
         features=features,
+        pool=_avgpool,
         head=head,
         classifier_key=classifier_key,
         preprocessing=Preprocessing.from_transforms(weights.transforms()),
@@ -169,6 +186,7 @@ register(Backbone(
     build=_lite0_build,
     groups=_lite0_groups,
     features=lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True),
+    pool=lambda m, x: m.forward_head(x, pre_logits=True),
     head=lambda m: m.classifier,
     classifier_key="classifier",
     preprocessing=_lite0_preprocessing(),

@@ -45,6 +45,9 @@ class Phase(_Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     bn: Literal["frozen", "train"] = "frozen"  # frozen: eval-mode statistics and frozen affine
     augment: bool = True  # off in a head-only phase lets the frozen backbone's features be cached
+    # > 0: the frozen part runs once, on this many augmented views of each train image, and every epoch trains
+    # on those cached outputs (features for `head`, the first trainable group's input for `last:N`).
+    views: int = Field(0, ge=0, le=64)
 
     @field_validator("train")
     @classmethod
@@ -66,6 +69,21 @@ class Phase(_Strict):
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
         return self
+
+    @model_validator(mode="after")
+    def _views_need_a_frozen_part(self) -> Phase:
+        if self.views and self.train == "all":
+            raise ValueError("views caches the frozen part's outputs; a phase that trains 'all' has none — "
+                             "remove views or train 'head' / 'last:N'")
+        if self.views and not self.augment:
+            raise ValueError("views are augmented views; with augment = false a head phase caches plain features "
+                             "already — remove views or set augment = true")
+        return self
+
+    @property
+    def cached(self) -> bool:
+        """Whether the frozen part runs once before the epochs (features or activations are cached)."""
+        return self.views > 0 or (self.train == "head" and not self.augment)
 
     @property
     def last_n(self) -> int | None:

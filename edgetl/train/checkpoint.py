@@ -20,7 +20,7 @@ from torch import nn
 
 from edgetl import __version__
 from edgetl.backbones import get_backbone
-from edgetl.errors import BackboneError, CheckpointError, first_line
+from edgetl.errors import BackboneError, CheckpointError, RunDirError, first_line
 from edgetl.files import atomic_path
 from edgetl.rundir import SCHEMA_VERSION, CheckpointMeta, read_checkpoint_meta
 from edgetl.train.weights import state_dict_mismatch
@@ -66,7 +66,7 @@ def checkpoint_meta(ckpt: dict[str, Any], *, source: Path | str) -> CheckpointMe
     """The typed metadata of a loaded checkpoint (a CheckpointError when it is missing or damaged)."""
     try:
         return read_checkpoint_meta(ckpt, source=source)
-    except Exception as e:  # RunDirError from the schema: say it as a checkpoint problem
+    except RunDirError as e:  # the schema's words, said as a checkpoint problem
         raise CheckpointError(str(e)) from None
 
 

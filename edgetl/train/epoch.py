@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgetl.backbones import Backbone
 from edgetl.errors import EdgetlError, TrainingError
 from edgetl.preprocessing import Preprocessing
 from edgetl.train.data import augment_batch, center_crop_batch, normalize
@@ -76,8 +75,8 @@ class Batcher:
             yield self.inputs(idx, generator), self.y[idx].to(self.device, non_blocking=True)
 
     def inputs(self, idx: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        if self.features:
-            return self.x[idx.to(self.x.device)]
+        if self.features:  # cached outputs of the frozen part; bf16 when fp32 would not fit
+            return self.x[idx.to(self.x.device)].float()
         images = self.x[idx]
         crop = self.preprocessing.crop_size
         if self.augment:
@@ -153,14 +152,3 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, 
         correct += (logits.argmax(1) == y).sum()
     n = max(len(data), 1)
     return loss_sum.item() / n, correct.item() / n
-
-
-@torch.no_grad()
-def compute_features(model: nn.Module, backbone: Backbone, data: Batcher, *, batch_size: int) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    feats = [backbone.features(model, x).float() for x, _ in data.batches(batch_size, None)]
-    model.train(was_training)
-    return torch.cat(feats)
-
-

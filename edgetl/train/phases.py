@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from edgetl.backbones import Backbone, LayerGroup
+from edgetl.backbones import Backbone, LayerGroup, run_groups
 from edgetl.errors import RecipeError
 from edgetl.recipe import LoraSection, Phase, Recipe
-from edgetl.train.epoch import Batcher, compute_features
+from edgetl.train.cache import frozen_outputs
+from edgetl.train.epoch import Batcher
 from edgetl.train.lora import LoraConfig
 
 
@@ -118,30 +119,39 @@ def make_optimizer(param_groups: list[dict[str, Any]], recipe: Recipe) -> torch.
     return torch.optim.AdamW(param_groups)
 
 
-def phase_inputs(model: nn.Module, backbone: Backbone, phase: Phase, *, train: Batcher, val: Batcher, batch_size: int
+def phase_inputs(model: nn.Module, backbone: Backbone, groups: list[LayerGroup], phase: Phase, *, train: Batcher,
+                 val: Batcher, batch_size: int, seed: int
                  ) -> tuple[Batcher, Batcher, Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """What a phase iterates over and how it runs the model: (train data, val data, train forward, eval forward).
 
-    A head-only phase without augmentation trains the head on features computed once; with augmentation the
-    frozen backbone still runs without autograd.
+    A cached phase (`Phase.cached`) runs its frozen groups once: a head phase then trains on pooled features,
+    a `last:N` phase on the activations its first trainable group takes, for `views` augmented views of each
+    image (the center view without augmentation). Uncached, frozen groups still build no autograd graph.
     """
     head = backbone.head(model)
-    if phase.last_n == 0 and not phase.augment:
-        def cache(data: Batcher) -> Batcher:
-            feats = compute_features(model, backbone, data, batch_size=batch_size)
-            return Batcher(feats, data.y.to(data.device), data.preprocessing, data.device, features=True)
+    body, n = groups[:-1], phase.last_n
+    frozen = body if n == 0 else [] if n is None else body[:len(body) - n]
+    trainable_body = body[len(frozen):]
 
-        return cache(train), cache(val), head, head
+    def from_cache(a: torch.Tensor) -> torch.Tensor:
+        return head(a) if not trainable_body else head(backbone.pool(model, run_groups(trainable_body, a)))
+
+    if phase.cached:
+        kw = {"batch_size": batch_size, "pool": not trainable_body}
+        cached_train = frozen_outputs(model, backbone, frozen, train, views=phase.views, seed=seed, **kw)
+        cached_val = frozen_outputs(model, backbone, frozen, val, views=0, seed=seed, **kw) if cached_train else None
+        if cached_train is not None and cached_val is not None:
+            return cached_train, cached_val, from_cache, from_cache
     train = Batcher(train.x, train.y, train.preprocessing, train.device, augment=phase.augment)
-    if phase.last_n != 0:
+    if not frozen:
         return train, val, model, model
 
-    def frozen_backbone(x: torch.Tensor) -> torch.Tensor:
+    def frozen_prefix(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            feats = backbone.features(model, x)
-        return head(feats)
+            a = run_groups(frozen, x)
+        return from_cache(a if trainable_body else backbone.pool(model, a))
 
-    return train, val, frozen_backbone, model
+    return train, val, frozen_prefix, model
 
 
 def lora_config(section: LoraSection, model: nn.Module, groups: list[LayerGroup]) -> LoraConfig:

@@ -4,7 +4,8 @@
 
 Everything that can fail on bad input is checked before anything is written (`prepare_run`). Each phase is
 applied by `phases.py`, each epoch run by `epoch.py`; this module keeps the order, the checkpoints
-(`last.pt` after every epoch, `best.pt` at the best val loss) and the run directory's files.
+(`last.pt` after every epoch, `best.pt` at the best val accuracy, val loss breaking ties) and the run
+directory's files.
 """
 
 from __future__ import annotations
@@ -198,10 +199,11 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
             param_groups = configure_phase(model, groups, phase, backbone=backbone.name, weight_decay=recipe.weight_decay,
                                            lora=recipe.lora)
             trainable_counts[phase.name] = count_trainable(groups)
-            cached = phase.last_n == 0 and not phase.augment
             features_started = time.perf_counter()
             train_data, val_data, forward, eval_forward = phase_inputs(
-                model, backbone, phase, train=train_images, val=val_images, batch_size=recipe.batch_size)
+                model, backbone, groups, phase, train=train_images, val=val_images, batch_size=recipe.batch_size,
+                seed=_epoch_seed(recipe.seed, -1 - p))
+            cached = train_data.features
             steps = steps_per_epoch(len(train_data), recipe.batch_size)
             optimizer = make_optimizer(param_groups, recipe)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(phase, steps))
@@ -246,8 +248,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                 }
                 metrics.append(record)
                 files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
-                early.update(val_loss, model)
-                if state.best.improved_by(val_loss=val_loss):
+                early.update(val_acc, val_loss, model)
+                if state.best.improved_by(val_acc=val_acc, val_loss=val_loss):
                     state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch)
                     save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model), "val_acc": val_acc,
                                                              "val_loss": val_loss, "epoch": global_epoch})
