@@ -47,7 +47,8 @@ def export_plain(run_dir: Path, path: Path, *, image_size: int, optimize: bool) 
     """`torch.onnx.export` of the checkpoint's raw eval model (BN unfolded), as edgetl's writer calls it; seconds."""
     import torch
 
-    from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, quiet
+    from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME
+    from edgetl.quiet import quiet
     from edgetl.train.checkpoint import load_model
 
     model, _ = load_model(run_dir / "checkpoints" / "best.pt")
@@ -65,7 +66,7 @@ def warm_up_exporter(folder: Path) -> float:
     (imports, op registry) that every later export in the process skips; returns those seconds."""
     import torch
 
-    from edgetl.formats.base import quiet
+    from edgetl.quiet import quiet
 
     start = time.perf_counter()
     with quiet("onnxscript", "onnx_ir"):

@@ -3,6 +3,15 @@
     .venv/bin/python benchmarks/bench_train.py            # efficientnet_lite0, sample data, quickstart recipe, 96 px
     .venv/bin/python benchmarks/bench_train.py --quick    # a tiny generated folder, 48 px, 3 epochs: a smoke test
     .venv/bin/python benchmarks/bench_train.py --full     # every backbone, its own recipe, 224 px (a GPU box)
+    .venv/bin/python benchmarks/bench_train.py --photos ../shared/data/flowers128 --save   # real photos (issue 11)
+
+`--photos DIR` (DIR with train/ and val/ class folders) is the real-photo mode: each backbone's shipped recipe,
+exactly as a user runs it (its own epochs, early stopping and input size), against the progressive tutorial
+loop written out below (`run_plain_progressive`), on the first `--per-class` train images of each class
+(default 100) and the whole val split. That loop is what a user of timm/torchvision writes without edgetl:
+`Resize + CenterCrop` to the input size with flip, rotation 15° and colour jitter, batch 32, 3 epochs of the
+classifier alone (Adam 1e-3, backbone frozen, the model in train mode so BatchNorm statistics adapt), then 2
+epochs with the last block and the final conv joining (Adam 1e-4); val accuracy after every epoch.
 
 Both sides get the same backbone and ImageNet weights (`edgetl.weights.load_pretrained`), the same images
 (the train/ and val/ folders), the same number of epochs, input size, seed, batch size and optimizer family
@@ -53,7 +62,12 @@ MODES: dict[str, dict[str, Any]] = {
                 "batch_size": None, "workers": 0},
     "full": {"backbones": list(ALL_BACKBONES), "recipe": None, "image_size": 224, "epochs_scale": None,
              "batch_size": None, "workers": 4},
+    # Real photos: the shipped recipes as they are, against the progressive tutorial loop. Only Lite0's ImageNet
+    # weights work offline; the other backbones need their torchvision weights in torch hub's cache.
+    "photos": {"backbones": ["efficientnet_lite0"], "recipe": None, "image_size": None, "epochs_scale": None,
+               "batch_size": None, "workers": 0, "plain": "progressive", "shipped": True},
 }
+PLAIN_HEAD_EPOCHS, PLAIN_TOP_EPOCHS = 3, 2  # the progressive tutorial loop of --photos
 
 
 # --- the two sides (each in its own process) ----------------------------------------------------------------
@@ -63,7 +77,9 @@ def edgetl_recipe(cfg: dict[str, Any]):
     from edgetl.recipe import load_recipe
 
     overrides = {"backbone": cfg["backbone"], "weights": cfg["weights"], "data": cfg["data"], "seed": cfg["seed"],
-                 "image_size": cfg["image_size"], "batch_size": cfg["batch_size"], "patience": 0}
+                 "image_size": cfg["image_size"], "batch_size": cfg["batch_size"]}
+    if not cfg.get("shipped"):  # both sides run every epoch; --photos runs the recipe as a user does
+        overrides["patience"] = 0
     return load_recipe(cfg["recipe"], overrides=overrides, epochs_scale=cfg["epochs_scale"])
 
 
@@ -155,6 +171,85 @@ def run_plain(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     return {"epochs": epochs, "n_train": len(train_set), "train_loop_s": train_loop_s}
 
 
+def run_plain_progressive(cfg: dict[str, Any], start: float) -> dict[str, Any]:
+    """The progressive tutorial loop: frozen backbone + new classifier, then the last block joins."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from edgetl.backbones import get_backbone
+    from edgetl.train.epoch import select_device
+    from edgetl.train.weights import load_pretrained
+
+    device = select_device(cfg["device"])
+    backbone = get_backbone(cfg["backbone"])
+    prep = backbone.preprocessing.scaled(cfg["image_size"])
+    size, normalize = prep.crop_size, transforms.Normalize(prep.mean, prep.std)
+    resize = [transforms.Resize(size), transforms.CenterCrop(size)]
+    train_tf = transforms.Compose([*resize, transforms.RandomHorizontalFlip(), transforms.RandomRotation(15),
+                                   transforms.ColorJitter(0.2, 0.2, 0.2), transforms.ToTensor(), normalize])
+    val_tf = transforms.Compose([*resize, transforms.ToTensor(), normalize])
+    root = data_root(cfg["data"])
+    train_set = datasets.ImageFolder(str(root / "train"), train_tf)
+    val_set = datasets.ImageFolder(str(root / "val"), val_tf)
+    train_loader = DataLoader(train_set, batch_size=32, shuffle=True, num_workers=cfg["workers"])
+    val_loader = DataLoader(val_set, batch_size=64, num_workers=cfg["workers"])
+
+    torch.manual_seed(cfg["seed"])
+    model = backbone.build(len(train_set.classes))  # what timm.create_model(..., pretrained=True, num_classes=N) gives
+    load_pretrained(model, backbone, cfg["weights"])
+    model.to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    groups = backbone.groups(model)
+    classifier, last_block = groups[-1], groups[-2]  # Lite0: classifier; blocks[-1] + conv_head + bn2
+
+    epochs: list[dict[str, Any]] = []
+    train_loop_s = 0.0
+    for stage, (n_epochs, lr, trainable) in enumerate(((PLAIN_HEAD_EPOCHS, 1e-3, [classifier]),
+                                                       (PLAIN_TOP_EPOCHS, 1e-4, [last_block, classifier]))):
+        model.requires_grad_(False)
+        for group in trainable:
+            for module in group.modules:
+                module.requires_grad_(True)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        for _ in range(n_epochs):
+            t0 = time.perf_counter()
+            model.train()
+            running, seen = 0.0, 0
+            for x, y in train_loader:
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                running += loss.item() * len(y)
+                seen += len(y)
+            seconds = time.perf_counter() - t0
+            train_loop_s += seconds
+            model.eval()
+            correct = 0
+            with torch.no_grad():
+                for x, y in val_loader:
+                    correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+            epochs.append({"epoch": len(epochs) + 1, "phase": ("head", "top")[stage], "train_loss": running / seen,
+                           "val_acc": correct / len(val_set), "images_per_s": seen / seconds,
+                           "wall_s": time.perf_counter() - start})
+            _progress("plain", epochs[-1])
+    return {"epochs": epochs, "n_train": len(train_set), "train_loop_s": train_loop_s}
+
+
+def photo_subset(root: Path, folder: Path, *, per_class: int) -> Path:
+    """train/: the first `per_class` files of each class (sorted names, linked); val/: the whole split."""
+    for class_dir in sorted(p for p in (root / "train").iterdir() if p.is_dir()):
+        target = folder / "train" / class_dir.name
+        target.mkdir(parents=True)
+        for image in sorted(p for p in class_dir.iterdir() if p.is_file())[:per_class]:
+            (target / image.name).symlink_to(image.resolve())
+    (folder / "val").symlink_to((root / "val").resolve())
+    return folder
+
+
 def _progress(side: str, e: dict[str, Any]) -> None:
     phase = f" {e['phase']:>5}" if "phase" in e else ""
     print(f"  [{side:>6}] epoch {e['epoch']:>2}{phase}  val acc {e['val_acc']:.3f}  "
@@ -173,7 +268,8 @@ def run_side(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
     cuda = torch.cuda.is_available() and cfg["device"] in ("auto", "cuda")
     start = time.perf_counter()
     with common.peak_rss() as memory:
-        result = (run_edgetl if side == "edgetl" else run_plain)(cfg, start)
+        plain = run_plain_progressive if cfg.get("plain") == "progressive" else run_plain
+        result = (run_edgetl if side == "edgetl" else plain)(cfg, start)
     wall = time.perf_counter() - start
     if cuda:
         memory["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -193,10 +289,17 @@ def side_config(backbone: str, mode: dict[str, Any], args) -> dict[str, Any]:
            "data": args.data or mode.get("data", "sample"), "seed": args.seed, "device": args.device,
            "image_size": args.image_size or mode["image_size"], "batch_size": mode["batch_size"],
            "epochs_scale": args.epochs_scale or mode["epochs_scale"], "workers": args.workers if args.workers is not None else mode["workers"],
-           "plain_lr": args.plain_lr}
+           "plain_lr": args.plain_lr, "plain": mode.get("plain", "all-layers"), "shipped": mode.get("shipped", False)}
     recipe = edgetl_recipe(cfg)
     return {**cfg, "batch_size": recipe.batch_size, "weight_decay": recipe.weight_decay,
-            "epochs": sum(p.epochs for p in recipe.phases), "image_size": recipe.image_size}
+            "epochs": sum(p.epochs for p in recipe.phases),
+            "image_size": recipe.image_size or common_crop(backbone)}
+
+
+def common_crop(backbone: str) -> int:
+    from edgetl.backbones import get_backbone
+
+    return get_backbone(backbone).preprocessing.crop_size
 
 
 def spawn(side: str, cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -212,7 +315,8 @@ def time_to(epochs: list[dict[str, Any]], target: float) -> float | None:
 
 
 def compare(cfg: dict[str, Any], edgetl: dict[str, Any], plain: dict[str, Any], *, target: float) -> dict[str, Any]:
-    targets = {"fixed": target, "lower final": min(edgetl["final_val_acc"], plain["final_val_acc"])}
+    targets = {"fixed": target, "lower final": min(edgetl["final_val_acc"], plain["final_val_acc"]),
+               "plain's best": plain["best_val_acc"]}
     reach = {rule: {"val_acc": acc, "edgetl_s": time_to(edgetl["epochs"], acc), "plain_s": time_to(plain["epochs"], acc)}
              for rule, acc in targets.items()}
     for r in reach.values():
@@ -223,6 +327,7 @@ def compare(cfg: dict[str, Any], edgetl: dict[str, Any], plain: dict[str, Any], 
             "images_per_s": common.ratio(edgetl["images_per_s"], plain["images_per_s"]),
             "train_loop_images_per_s": common.ratio(edgetl["train_loop_images_per_s"], plain["train_loop_images_per_s"]),
             "wall_s": common.ratio(edgetl["wall_s"], plain["wall_s"]),
+            "best_val_acc_gain_pts": 100 * (edgetl["best_val_acc"] - plain["best_val_acc"]),
             **{f"time_to_{rule.replace(' ', '_')}_s": r["edgetl_over_plain"] for rule, r in reach.items()},
             "peak_rss_mb": common.ratio(peak_mb(edgetl), peak_mb(plain)),
         },
@@ -239,6 +344,7 @@ def print_report(rows: list[dict[str, Any]]) -> None:
         ratios = r["ratios_edgetl_over_plain"]
         body = [
             ("epochs", len(e["epochs"]), len(p["epochs"]), None),
+            ("best val acc gain", common.fmt(ratios["best_val_acc_gain_pts"], "+.1f", " pts"), None, None),
             ("images/s (whole run)", f"{e['images_per_s']:.1f}", f"{p['images_per_s']:.1f}", common.fmt(ratios["images_per_s"], ".2f", "×")),
             ("images/s (train loop)", f"{e['train_loop_images_per_s']:.1f}", f"{p['train_loop_images_per_s']:.1f}",
              common.fmt(ratios["train_loop_images_per_s"], ".2f", "×")),
@@ -254,8 +360,7 @@ def print_report(rows: list[dict[str, Any]]) -> None:
         ]
         caption = (f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['image_size']} px, seed {cfg['seed']}, "
                    f"data {cfg['data']}, weights {cfg['weights']}, device {cfg['device']}, {e['torch_threads']} torch threads. "
-                   f"edgetl: recipe {cfg['recipe']} (patience 0). plain: AdamW lr {cfg['plain_lr']} wd {cfg['weight_decay']}, "
-                   f"all layers, DataLoader num_workers={cfg['workers']}. Ratios edgetl/plain: images/s > 1 and times < 1 mean "
+                   f"{_sides(cfg)}. Ratios edgetl/plain: images/s > 1 and times < 1 mean "
                    f"edgetl is faster. Whole run = from model build to the last validation, data loading included; train "
                    f"loop = the training passes alone. Time to accuracy: wall time at the end of the first epoch that "
                    f"reaches it. Peak RSS: kernel high-water mark of each side's own process.")
@@ -265,6 +370,15 @@ def print_report(rows: list[dict[str, Any]]) -> None:
                  for i, (a, b) in enumerate(zip(e["epochs"], p["epochs"]))]
         common.console.print(common.table(f"bench_train · {cfg['backbone']} · val accuracy by epoch",
                                           ["epoch", "edgetl phase", "edgetl val acc", "at", "plain val acc", "at"], curve))
+
+
+def _sides(cfg: dict[str, Any]) -> str:
+    if cfg.get("plain") == "progressive":
+        return (f"edgetl: the shipped recipe {cfg['recipe']} as it is (early stopping on). plain: the progressive "
+                f"tutorial loop, {PLAIN_HEAD_EPOCHS} epochs classifier (Adam 1e-3, BN adapting) + {PLAIN_TOP_EPOCHS} "
+                f"epochs last block (Adam 1e-4), flip/rotation/colour jitter, DataLoader num_workers={cfg['workers']}")
+    return (f"edgetl: recipe {cfg['recipe']} (patience 0). plain: AdamW lr {cfg['plain_lr']} wd {cfg['weight_decay']}, "
+            f"all layers, DataLoader num_workers={cfg['workers']}")
 
 
 def main() -> None:
@@ -281,6 +395,8 @@ def main() -> None:
                    "the lower of the two finals is always reported too)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (both sides)")
+    p.add_argument("--photos", type=Path, help="real-photo mode: a folder with train/ and val/ class folders")
+    p.add_argument("--per-class", type=int, default=100, help="--photos: train images per class (default: %(default)s)")
     p.add_argument("--side", choices=("edgetl", "plain"), help="internal: run one side in this process")
     p.add_argument("--config", help="internal: the side's configuration as JSON")
     args = p.parse_args()
@@ -290,7 +406,7 @@ def main() -> None:
         common._write_json(args.out, run_side(args.side, json.loads(args.config)))
         return
 
-    mode_name = common.mode_of(args)
+    mode_name = "photos" if args.photos else common.mode_of(args)
     mode = dict(MODES[mode_name])
     busy = common.warn_if_busy()
     started = time.perf_counter()
@@ -300,6 +416,9 @@ def main() -> None:
             from edgetl.train.sample import make_image_folder
 
             mode["data"] = str(make_image_folder(Path(tmp) / "data", classes=3, per_class=8, val_per_class=4, size=56, seed=0))
+        if args.photos:
+            mode["data"] = str(photo_subset(args.photos, Path(tmp) / "photos", per_class=args.per_class))
+            mode["source"] = f"{args.photos} ({args.per_class} train images per class, the whole val split)"
         for backbone in args.backbone or mode["backbones"]:
             cfg = side_config(backbone, mode, args)
             common.console.print(f"[bold]{backbone}[/]: edgetl, then plain, {cfg['epochs']} epochs each at {cfg['image_size']} px")

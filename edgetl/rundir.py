@@ -105,6 +105,14 @@ class PhaseSummary(_Schema):
     best_val_loss: float
     seconds: float
     stopped_early: bool
+    # best val accuracy this phase reached minus the best before it (the first phase: minus 0); files from
+    # before it have none
+    val_acc_gain: float | None = None
+
+    @property
+    def gain_per_minute(self) -> float | None:
+        """Points of val accuracy this phase bought per minute: whether its time paid."""
+        return None if self.val_acc_gain is None else 100 * self.val_acc_gain / max(self.seconds / 60, 1e-9)
 
 
 class TrainSummary(_Versioned):

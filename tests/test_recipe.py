@@ -13,13 +13,14 @@ def with_phase(**kw):
 @pytest.mark.parametrize("name", list(known_recipes()))
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(name)
-    assert recipe.phases[0].train == "head" and recipe.phases[-1].train == "all"
+    # Every shipped recipe starts with the head on cached views; the later phases join on the cached prefix.
+    assert recipe.phases[0].train == "head" and all(p.cached for p in recipe.phases)
 
 
 def test_overrides_and_epochs_scale():
     recipe = load_recipe("quickstart", overrides={"seed": 7, "weights": None}, epochs_scale=0.5)
     assert recipe.seed == 7 and recipe.weights == "imagenet"
-    assert [p.epochs for p in recipe.phases] == [3, 2, 2]  # 6, 3, 4 halved, rounded half to even, at least 1
+    assert [p.epochs for p in recipe.phases] == [8, 3]  # 15 and 6 halved, rounded half to even
 
 
 def test_round_trip_through_toml(tmp_path):
@@ -39,6 +40,9 @@ def test_round_trip_through_toml(tmp_path):
     (with_phase(bn="sometimes"), "phases.0.bn"),
     (with_phase(epochs="three"), "phases.0.epochs"),
     (with_phase(warmup_epochs=5), "warmup_epochs (5.0) must be shorter"),
+    (with_phase(train="all", views=2), "views caches the frozen part's outputs"),
+    (with_phase(views=2, augment=False), "views are augmented views"),
+    (with_phase(views=-1), "phases.0.views"),
     ({**BASE, "backbone": "resnet19"}, "did you mean 'resnet18'"),
     ({**BASE, "phases": []}, "phases: List should have at least 1 item"),
 ])

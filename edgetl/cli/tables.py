@@ -19,14 +19,15 @@ def _pct(x: float | None) -> str:
 
 def train_table(result: TrainSummary) -> Table:
     table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {result.run_dir}")
-    for col in ("phase", "epochs", "best val acc", "best val loss", "time"):
+    for col in ("phase", "epochs", "best val acc", "best val loss", "time", "gain"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for p in result.phases:
         epochs = f"{p.epochs}/{p.planned_epochs}" + (" (early stop)" if p.stopped_early else "")
-        table.add_row(p.name, epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s")
+        gain = "—" if p.val_acc_gain is None else f"{100 * p.val_acc_gain:+.1f} pts · {p.gain_per_minute:+.1f}/min"
+        table.add_row(p.name, epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s", gain)
     table.add_section()
     table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
-                  f"{result.wall_seconds:.1f} s in all", style="bold")
+                  f"{result.wall_seconds:.1f} s in all", "", style="bold")
     return table
 
 

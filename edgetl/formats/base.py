@@ -10,10 +10,8 @@ never branch on a format's name. Torch imports stay inside functions: `edgetl --
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,16 +111,3 @@ def torch_runner(module: nn.Module) -> Runner:
         return out.numpy()
 
     return Runner(run=run)
-
-
-@contextlib.contextmanager
-def quiet(*loggers: str) -> Iterator[None]:
-    """Raise these libraries' loggers to WARNING for the block, then restore them."""
-    saved = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(max(saved[name], logging.WARNING))
-    try:
-        yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.errors import EdgetlError, ExportError
-from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature, quiet
+from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature
+from edgetl.quiet import quiet
 
 if TYPE_CHECKING:
     import torch

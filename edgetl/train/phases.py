@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from edgetl.backbones import Backbone, LayerGroup, run_groups
 from edgetl.errors import RecipeError
 from edgetl.recipe import LoraSection, Phase, Recipe
-from edgetl.train.cache import frozen_outputs
+from edgetl.train.cache import PrefixCache
 from edgetl.train.epoch import Batcher
 from edgetl.train.lora import LoraConfig
 
@@ -119,29 +119,45 @@ def make_optimizer(param_groups: list[dict[str, Any]], recipe: Recipe) -> torch.
     return torch.optim.AdamW(param_groups)
 
 
+def frozen_depth(phase: Phase, body: int) -> int:
+    """How many body groups (from the input) a phase leaves frozen."""
+    n = phase.last_n
+    return body if n == 0 else 0 if n is None else body - n
+
+
+def prefix_caches(phases: list[Phase], *, body: int, seed: int) -> dict[int, PrefixCache]:
+    """One cache per `views` value of the cached phases, at the shallowest depth any of them needs."""
+    depths: dict[int, int] = {}
+    for phase in phases:
+        if phase.cached:
+            depths[phase.views] = min(depths.get(phase.views, body), frozen_depth(phase, body))
+    return {views: PrefixCache(depth=depth, views=views, seed=seed) for views, depth in depths.items()}
+
+
 def phase_inputs(model: nn.Module, backbone: Backbone, groups: list[LayerGroup], phase: Phase, *, train: Batcher,
-                 val: Batcher, batch_size: int, seed: int
+                 val: Batcher, batch_size: int, caches: dict[int, PrefixCache]
                  ) -> tuple[Batcher, Batcher, Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """What a phase iterates over and how it runs the model: (train data, val data, train forward, eval forward).
 
-    A cached phase (`Phase.cached`) runs its frozen groups once: a head phase then trains on pooled features,
-    a `last:N` phase on the activations its first trainable group takes, for `views` augmented views of each
-    image (the center view without augmentation). Uncached, frozen groups still build no autograd graph.
+    A cached phase (`Phase.cached`) trains on the frozen groups' outputs computed once (`PrefixCache`): a head
+    phase on pooled features, a `last:N` phase on the activations its first trainable group takes, for
+    `views` views of each image. Uncached, frozen groups still build no autograd graph.
     """
     head = backbone.head(model)
-    body, n = groups[:-1], phase.last_n
-    frozen = body if n == 0 else [] if n is None else body[:len(body) - n]
-    trainable_body = body[len(frozen):]
+    body = groups[:-1]
+    depth = frozen_depth(phase, len(body))
+    for cache in caches.values():  # this phase trains body[depth:]: a cache holding any of it is stale
+        cache.drop_if_trained(depth)
+    frozen, trainable_body = body[:depth], body[depth:]
 
     def from_cache(a: torch.Tensor) -> torch.Tensor:
         return head(a) if not trainable_body else head(backbone.pool(model, run_groups(trainable_body, a)))
 
     if phase.cached:
-        kw = {"batch_size": batch_size, "pool": not trainable_body}
-        cached_train = frozen_outputs(model, backbone, frozen, train, views=phase.views, seed=seed, **kw)
-        cached_val = frozen_outputs(model, backbone, frozen, val, views=0, seed=seed, **kw) if cached_train else None
-        if cached_train is not None and cached_val is not None:
-            return cached_train, cached_val, from_cache, from_cache
+        outputs = caches[phase.views].outputs(model, backbone, body, depth=depth, train=train, val=val,
+                                              batch_size=batch_size)
+        if outputs is not None:
+            return *outputs, from_cache, from_cache
     train = Batcher(train.x, train.y, train.preprocessing, train.device, augment=phase.augment)
     if not frozen:
         return train, val, model, model

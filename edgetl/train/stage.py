@@ -51,6 +51,7 @@ from edgetl.train.phases import (
     lr_factor,
     make_optimizer,
     phase_inputs,
+    prefix_caches,
     set_train_mode,
     trainable_groups,
 )
@@ -85,6 +86,8 @@ def prepare_run(recipe: Recipe, *, device: str = "auto", callbacks: Callbacks | 
     torch.manual_seed(recipe.seed)
     model = backbone.build(len(data.classes))
     report = load_pretrained(model, backbone, recipe.weights)
+    if report.skipped:  # a new classifier on pretrained features: start it at zero (see zero_new_classifier)
+        zero_new_classifier(model, report.skipped)
     groups = backbone.groups(model)
     lora = lora_config(recipe.lora, model, groups) if recipe.lora is not None else None
     if lora is not None:
@@ -92,6 +95,20 @@ def prepare_run(recipe: Recipe, *, device: str = "auto", callbacks: Callbacks | 
     for phase in recipe.phases:
         trainable_groups(groups, phase, backbone=backbone.name)
     return Prepared(backbone, preprocessing, data, model, report.source, torch_device, lora)
+
+
+@torch.no_grad()
+def zero_new_classifier(model: nn.Module, keys: list[str]) -> None:
+    """Zero the classifier tensors the pretrained weights did not provide.
+
+    The builders' own inits are far from small for a head on pretrained features (timm's EfficientNet
+    classifier: std 0.26, 16x nn.Linear's default): the first phase then spends its steps undoing the init,
+    and on real photos a short head phase stayed near chance. From zero the model starts at uniform
+    predictions, and the gradient of the final weights (features x error) is the one a linear probe follows.
+    """
+    state = model.state_dict()
+    for key in keys:
+        state[key].zero_()
 
 
 def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Callbacks | None = None) -> TrainSummary:
@@ -172,6 +189,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
     train_images = Batcher(data.train.images, data.train.targets, preprocessing, device)
     val_images = Batcher(data.val.images, data.val.targets, preprocessing, device)
 
+    # Built from every phase (not only those left), so a resumed run caches exactly what the first one did.
+    caches = prefix_caches(recipe.phases, body=len(groups) - 1, seed=_epoch_seed(recipe.seed, -1))
     state = resume or TrainState()
     metrics = [m for m in rundir.read_metrics(run.metrics) if m["epoch"] <= state.global_epoch] if resume else []
     partial = state.epoch_progress
@@ -202,7 +221,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
             features_started = time.perf_counter()
             train_data, val_data, forward, eval_forward = phase_inputs(
                 model, backbone, groups, phase, train=train_images, val=val_images, batch_size=recipe.batch_size,
-                seed=_epoch_seed(recipe.seed, -1 - p))
+                caches=caches)
             cached = train_data.features
             steps = steps_per_epoch(len(train_data), recipe.batch_size)
             optimizer = make_optimizer(param_groups, recipe)
@@ -283,13 +302,16 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
 
 
 def summarize_phases(recipe: Recipe, metrics: list[dict[str, Any]]) -> list[PhaseSummary]:
-    out = []
+    out, best_before = [], 0.0
     for phase in recipe.phases:
         rows = [m for m in metrics if m["phase"] == phase.name]
         if rows:
+            best = max(m["val_acc"] for m in rows)
             out.append(PhaseSummary(
                 name=phase.name, epochs=len(rows), planned_epochs=phase.epochs,
-                best_val_acc=max(m["val_acc"] for m in rows), best_val_loss=min(m["val_loss"] for m in rows),
+                best_val_acc=best, best_val_loss=min(m["val_loss"] for m in rows),
                 seconds=round(sum(m["seconds"] for m in rows), 2), stopped_early=len(rows) < phase.epochs,
+                val_acc_gain=best - best_before,
             ))
+            best_before = max(best_before, best)
     return out

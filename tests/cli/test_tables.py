@@ -45,9 +45,9 @@ def cells(text: str, first_cell: str) -> list[str]:
 
 def summary(**changes) -> TrainSummary:
     phases = [PhaseSummary(name="head", epochs=3, planned_epochs=3, best_val_acc=0.625, best_val_loss=0.9123,
-                           seconds=4.25, stopped_early=False),
+                           seconds=4.25, stopped_early=False),  # a train.json from before val_acc_gain
               PhaseSummary(name="all", epochs=2, planned_epochs=5, best_val_acc=0.875, best_val_loss=0.4121,
-                           seconds=12.34, stopped_early=True)]
+                           seconds=12.34, stopped_early=True, val_acc_gain=0.25)]
     return TrainSummary(run_dir="artifacts/demo", backbone="mobilenet_v3_small", device="cpu", best_val_acc=0.875,
                         best_val_loss=0.4121, best_epoch=4, seconds=16.6, phases=phases, weights="imagenet",
                         wall_seconds=21.04, **changes)
@@ -90,9 +90,10 @@ def report() -> VerifyReport:
 def test_the_train_table_has_a_row_per_phase_and_the_best_checkpoint():
     text = render(train_table(summary()))
     assert "edgetl train · mobilenet_v3_small on cpu · artifacts/demo" in text
-    assert cells(text, "head") == ["head", "3/3", "62.5 %", "0.912", "4.2 s"]
-    assert cells(text, "all") == ["all", "2/5 (early stop)", "87.5 %", "0.412", "12.3 s"]
-    assert cells(text, "best.pt") == ["best.pt", "epoch 4", "87.5 %", "0.412", "21.0 s in all"]
+    assert cells(text, "head") == ["head", "3/3", "62.5 %", "0.912", "4.2 s", "—"]
+    # +25 pts in 12.34 s: the gain per minute says whether the phase paid for its time
+    assert cells(text, "all") == ["all", "2/5 (early stop)", "87.5 %", "0.412", "12.3 s", "+25.0 pts · +121.6/min"]
+    assert cells(text, "best.pt") == ["best.pt", "epoch 4", "87.5 %", "0.412", "21.0 s in all", ""]
 
 
 def test_the_parity_table_shows_figures_per_artifact_and_its_checks(report):

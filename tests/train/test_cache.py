@@ -65,7 +65,9 @@ def test_views_are_augmented_seeded_and_labelled():
     c = frozen_outputs(model, bb, body, data, views=3, batch_size=4, seed=8, pool=True)
     assert a.x.shape[0] == 3 * len(data) and torch.equal(a.y, data.y.repeat(3))
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)  # a resumed run rebuilds the very same cache
-    assert not torch.allclose(a.x[:6], a.x[6:12], rtol=1e-3, atol=0)  # each view is its own augmentation
+    assert not torch.allclose(a.x[6:12], a.x[12:], rtol=1e-3, atol=0)  # each augmented view is its own
+    center = frozen_outputs(model, bb, body, data, views=0, batch_size=4, seed=0, pool=True)
+    assert torch.equal(a.x[:6], center.x)  # view 0: the center crop the device sees
 
 
 def test_a_cache_over_budget_is_stored_in_bf16_then_recomputed(monkeypatch, caplog):
@@ -188,3 +190,50 @@ def test_resume_with_caches_gives_the_same_final_weights(cached_straight, tmp_pa
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_one_prefix_pass_serves_a_head_phase_and_a_last_phase(monkeypatch):
+    bb = get_backbone("efficientnet_lite0")
+    model = randomize_for_parity(bb.build(3), image_size=32).eval()
+    body, data = bb.groups(model)[:-1], images("efficientnet_lite0")
+    calls, real = [], cache.frozen_outputs
+    monkeypatch.setattr(cache, "frozen_outputs", lambda *a, **kw: calls.append(kw["views"]) or real(*a, **kw))
+    prefix = cache.PrefixCache(depth=len(body) - 1, views=2, seed=3)
+    features, val_features = prefix.outputs(model, bb, body, depth=len(body), train=data, val=data, batch_size=4)
+    activations, _ = prefix.outputs(model, bb, body, depth=len(body) - 1, train=data, val=data, batch_size=4)
+    assert calls == [2, 0]  # one pass over the train views, one over val: shared by both phases
+    direct = real(model, bb, body, data, views=2, batch_size=4, seed=3, pool=True)
+    atol = ATOL * max(1.0, float(direct.x.abs().max()))
+    np.testing.assert_allclose(features.x, direct.x, atol=atol, rtol=0)
+    assert activations.x.shape[0] == 2 * len(data) and val_features.x.shape[0] == len(data)
+    prefix.drop_if_trained(len(body) - 1)  # training the last group leaves its input valid
+    assert prefix.train is not None
+    prefix.drop_if_trained(0)  # an `all` phase does not
+    assert prefix.train is None
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_a_large_pass_runs_in_onnxruntime_with_the_same_outputs(name, monkeypatch):
+    bb = get_backbone(name)
+    model = randomize_for_parity(bb.build(3), image_size=32).eval()
+    body, data = bb.groups(model)[:-1], images(name)
+    assert cache.onnx_prefix(model, bb, body, pool=True, crop=32, rows=len(data)) is None  # too small to pay
+    monkeypatch.setattr(cache, "ONNX_MIN_PIXELS", 0)
+    for depth, pool in ((len(body), True), (len(body) - 1, False)):
+        prefix = cache.onnx_prefix(model, bb, body[:depth], pool=pool, crop=32, rows=len(data))
+        assert prefix is not None
+        fast = frozen_outputs(model, bb, body[:depth], data, views=2, batch_size=4, seed=1, pool=pool, prefix=prefix)
+        eager = frozen_outputs(model, bb, body[:depth], data, views=2, batch_size=4, seed=1, pool=pool)
+        # onnxruntime folds BatchNorm and picks its own kernels: the export parity bar, 1e-4 of the scale.
+        atol = 1e-4 * max(1.0, float(eager.x.abs().max()))
+        np.testing.assert_allclose(fast.x, eager.x, atol=atol, rtol=0, err_msg=f"{name} depth {depth}")
+    assert not model.training
+
+
+def test_each_phase_reports_what_it_gained(cached_straight):
+    _, run = cached_straight
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    head = max(m["val_acc"] for m in metrics if m["phase"] == "head")
+    top = max(m["val_acc"] for m in metrics if m["phase"] == "top")
+    phases = json.loads((run / "train.json").read_text())["phases"]
+    assert [p["val_acc_gain"] for p in phases] == pytest.approx([head, top - head])
