@@ -430,7 +430,7 @@ def main() -> None:
                 "final_val_acc": {"edgetl": r["edgetl"]["final_val_acc"], "plain": r["plain"]["final_val_acc"]}} for r in rows]
     data = {"script": SCRIPT, "mode": mode_name, "machine": common.fingerprint(), "environment": common.environment(),
             "busy_at_start": busy, "others_during_run": noise, "seconds": time.perf_counter() - started, "runs": rows, "summary": summary}
-    common.write_results("train", data, out=args.out, save=args.save)
+    common.write_results("train_photos" if args.photos else "train", data, out=args.out, save=args.save)
 
 
 if __name__ == "__main__":

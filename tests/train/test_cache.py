@@ -36,6 +36,7 @@ def images(backbone: str, n: int = 6, size: int = 40) -> Batcher:
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_cached_activations_equal_a_recomputed_forward(name):
     bb = get_backbone(name)
+    torch.manual_seed(0)  # the same model whatever ran before: the bar is tight
     model = randomize_for_parity(bb.build(3), image_size=32).eval()
     groups = bb.groups(model)
     body, head = groups[:-1], bb.head(model)
