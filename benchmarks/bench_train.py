@@ -147,28 +147,36 @@ def run_plain(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     epochs: list[dict[str, Any]] = []
     train_loop_s = 0.0
     for epoch in range(1, cfg["epochs"] + 1):
-        t0 = time.perf_counter()
-        model.train()
-        running, seen = 0.0, 0
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            running += loss.item() * len(y)
-            seen += len(y)
-        seconds = time.perf_counter() - t0
-        train_loop_s += seconds
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for x, y in val_loader:
-                correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
-        epochs.append({"epoch": epoch, "train_loss": running / seen, "val_acc": correct / len(val_set),
-                       "images_per_s": seen / seconds, "wall_s": time.perf_counter() - start})
+        record = plain_epoch(model, train_loader, val_loader, optimizer=optimizer, loss_fn=loss_fn, device=device)
+        train_loop_s += record.pop("seconds")
+        epochs.append({"epoch": epoch, **record, "wall_s": time.perf_counter() - start})
         _progress("plain", epochs[-1])
     return {"epochs": epochs, "n_train": len(train_set), "train_loop_s": train_loop_s}
+
+
+def plain_epoch(model, train_loader, val_loader, *, optimizer, loss_fn, device) -> dict[str, Any]:
+    """One tutorial epoch: train mode, `loss.item()` every step, then a full val pass in eval mode."""
+    import torch
+
+    t0 = time.perf_counter()
+    model.train()
+    running, seen = 0.0, 0
+    for x, y in train_loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running += loss.item() * len(y)
+        seen += len(y)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in val_loader:
+            correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+    return {"train_loss": running / seen, "val_acc": correct / len(val_loader.dataset), "images_per_s": seen / seconds,
+            "seconds": seconds}
 
 
 def run_plain_progressive(cfg: dict[str, Any], start: float) -> dict[str, Any]:
@@ -214,26 +222,9 @@ def run_plain_progressive(cfg: dict[str, Any], start: float) -> dict[str, Any]:
                 module.requires_grad_(True)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         for _ in range(n_epochs):
-            t0 = time.perf_counter()
-            model.train()
-            running, seen = 0.0, 0
-            for x, y in train_loader:
-                x, y = x.to(device), y.to(device)
-                optimizer.zero_grad()
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                optimizer.step()
-                running += loss.item() * len(y)
-                seen += len(y)
-            seconds = time.perf_counter() - t0
-            train_loop_s += seconds
-            model.eval()
-            correct = 0
-            with torch.no_grad():
-                for x, y in val_loader:
-                    correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
-            epochs.append({"epoch": len(epochs) + 1, "phase": ("head", "top")[stage], "train_loss": running / seen,
-                           "val_acc": correct / len(val_set), "images_per_s": seen / seconds,
+            record = plain_epoch(model, train_loader, val_loader, optimizer=optimizer, loss_fn=loss_fn, device=device)
+            train_loop_s += record.pop("seconds")
+            epochs.append({"epoch": len(epochs) + 1, "phase": ("head", "top")[stage], **record,
                            "wall_s": time.perf_counter() - start})
             _progress("plain", epochs[-1])
     return {"epochs": epochs, "n_train": len(train_set), "train_loop_s": train_loop_s}

@@ -18,6 +18,7 @@ from edgetl.backbones import get_backbone
 from edgetl.recipe import parse_recipe
 from edgetl.rundir import CheckpointMeta, RunDir
 from edgetl.train.checkpoint import save_checkpoint
+from edgetl.train.epoch import Callbacks
 from edgetl.train.state import Best, TrainState
 
 
@@ -84,3 +85,14 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
     files.write_json(run.preprocessing, prep.to_dict())
     files.write_json(run.split, {"source": "none", "train": [], "val": []})
     return run.root
+
+
+class StopAfterEpoch(Callbacks):
+    """Raises KeyboardInterrupt right after an epoch's checkpoint is written, like a kill between epochs."""
+
+    def __init__(self, after_epoch: int) -> None:
+        self.after_epoch = after_epoch
+
+    def epoch_end(self, record: dict) -> None:
+        if record["epoch"] == self.after_epoch:
+            raise KeyboardInterrupt

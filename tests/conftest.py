@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from edgetl.recipe import load_recipe
+from edgetl.rundir import RunDir
 from edgetl.testing import make_run
 from edgetl.train.sample import make_image_folder
+
+# Written by edgetl 0.1.0 before the layout move (`edgetl run` on a 3-class tiny recipe), weights left out.
+OLD_RUN = Path(__file__).parent / "fixtures" / "run-0.1.0"
+
+
+@pytest.fixture
+def old_run(tmp_path) -> RunDir:
+    """A copy of the 0.1.0 run directory, its stage files in stage order (a checkout sets mtimes in any order)."""
+    run = RunDir(shutil.copytree(OLD_RUN, tmp_path / "run"))
+    for i, path in enumerate(run.stage_files().values()):
+        os.utime(path, (1e9 + i, 1e9 + i))
+    return run
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from edgetl.cli import app
 from edgetl.errors import RunDirError
 from edgetl.pipeline import ExportRequest, Hooks, TrainRequest, first_unfinished, run_pipeline
-from edgetl.rundir import RunDir
 from edgetl.verify import VerifySettings
 from edgetl.verify.latency import TimingPlan
 
@@ -75,7 +74,6 @@ def test_a_failing_stage_stops_the_chain_with_its_exit_code(tiny, tmp_path):
 
 # --- the pipeline as a Python API: stage order and hooks -----------------------------------------------------
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"  # written by edgetl 0.1.0, weights left out
 
 
 class Recording(Hooks):
@@ -129,21 +127,13 @@ def test_run_pipeline_reports_trained_exported_verified_in_order(finished_run, t
     assert (run / "checkpoints" / "best.pt").read_bytes() == trained, "training was redone"
 
 
-@pytest.fixture
-def done(tmp_path) -> RunDir:
-    run = RunDir(shutil.copytree(FIXTURE, tmp_path / "run"))
-    for i, path in enumerate(run.stage_files().values()):  # a checkout sets mtimes in no particular order
-        os.utime(path, (1e9 + i, 1e9 + i))
-    return run
-
-
-def test_the_first_unfinished_stage_is_the_first_whose_file_is_missing_or_older_than_the_one_before(done):
-    assert first_unfinished(done.root) is None
-    os.utime(done.verify_json, (1e9 - 1, 1e9 - 1))  # verify.json older than the export it checked
-    assert first_unfinished(done.root) == "verify"
-    os.utime(done.manifest, (1e9 - 2, 1e9 - 2))  # and the export older than train.json
-    assert first_unfinished(done.root) == "export"
-    done.train_json.unlink()
-    assert first_unfinished(done.root) == "train"
+def test_the_first_unfinished_stage_is_the_first_whose_file_is_missing_or_older_than_the_one_before(old_run):
+    assert first_unfinished(old_run.root) is None
+    os.utime(old_run.verify_json, (1e9 - 1, 1e9 - 1))  # verify.json older than the export it checked
+    assert first_unfinished(old_run.root) == "verify"
+    os.utime(old_run.manifest, (1e9 - 2, 1e9 - 2))  # and the export older than train.json
+    assert first_unfinished(old_run.root) == "export"
+    old_run.train_json.unlink()
+    assert first_unfinished(old_run.root) == "train"
     with pytest.raises(RunDirError, match="not found"):
-        first_unfinished(done.root / "nowhere")
+        first_unfinished(old_run.root / "nowhere")

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from edgetl.backbones import BACKBONES, get_backbone, run_groups
 from edgetl.cli import app
 from edgetl.recipe import load_recipe
-from edgetl.testing import randomize_for_parity
+from edgetl.testing import StopAfterEpoch, randomize_for_parity
 from edgetl.train import cache, train
 from edgetl.train.cache import frozen_outputs
 from edgetl.train.checkpoint import load_checkpoint
 from edgetl.train.data import center_crop_batch, normalize
-from edgetl.train.epoch import Batcher, Callbacks
+from edgetl.train.epoch import Batcher
 from edgetl.train.state import better
 
 runner = CliRunner()
@@ -158,13 +158,6 @@ bn = "train"
 """
 
 
-class Interrupt(Callbacks):
-    def __init__(self, after_epoch: int):
-        self.after_epoch = after_epoch
-
-    def epoch_end(self, record):
-        if record["epoch"] == self.after_epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +177,7 @@ def test_resume_with_caches_gives_the_same_final_weights(cached_straight, tmp_pa
     metrics = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
     assert all(m["cached_features"] for m in metrics) and [m["phase"] for m in metrics] == ["head"] * 2 + ["top"] * 3
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, run_dir=tmp_path / "cut", device="cpu", callbacks=Interrupt(stop_after))
+        train(recipe, run_dir=tmp_path / "cut", device="cpu", callbacks=StopAfterEpoch(stop_after))
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     a = load_checkpoint(straight_run / "checkpoints" / "last.pt")["model"]

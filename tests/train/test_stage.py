@@ -7,9 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from edgetl.cli import app
+from edgetl.testing import StopAfterEpoch
 from edgetl.train import train
 from edgetl.train.checkpoint import load_checkpoint
-from edgetl.train.epoch import Callbacks
 from edgetl.train.sample import SHAPES
 
 runner = CliRunner()
@@ -41,22 +41,13 @@ def test_train_writes_the_run_directory(tiny, tmp_path):
     assert "edgetl train" in result.output and "best.pt" in result.output
 
 
-class Interrupt(Callbacks):
-    """Stops the run right after a given epoch's checkpoint, like a kill between epochs."""
-
-    def __init__(self, after_epoch: int):
-        self.after_epoch = after_epoch
-
-    def epoch_end(self, record):
-        if record["epoch"] == self.after_epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("stop_after", [1, 3, 6])  # mid head phase (cached features), mid top phase, mid all phase
 def test_resume_gives_the_same_final_weights(straight, tmp_path, stop_after):
     recipe, straight_run = straight
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, run_dir=tmp_path / "cut", device="cpu", callbacks=Interrupt(stop_after))
+        train(recipe, run_dir=tmp_path / "cut", device="cpu", callbacks=StopAfterEpoch(stop_after))
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     a = load_checkpoint(straight_run / "checkpoints" / "last.pt")["model"]
