@@ -1,11 +1,11 @@
-"""The typed run directory: files written before the schema still load; a newer schema is refused in one line."""
+"""The typed run directory: files written before the schema still load; a newer schema is refused in one line.
+
+`old_run` (tests/conftest.py) is a run directory written by edgetl 0.1.0 before the layout move.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,20 +14,8 @@ from edgetl import rundir
 from edgetl.errors import RunDirError
 from edgetl.pipeline import describe, first_unfinished
 from edgetl.preprocessing import Preprocessing
-from edgetl.rundir import RunDir
 from edgetl.train.checkpoint import checkpoint_meta, load_checkpoint
 from edgetl.train.state import TrainState
-
-# Written by edgetl 0.1.0 before the layout move (`edgetl run` on a 3-class tiny recipe), weights left out.
-FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
-
-
-@pytest.fixture
-def old_run(tmp_path) -> RunDir:
-    run = RunDir(shutil.copytree(FIXTURE, tmp_path / "run"))
-    for i, path in enumerate(run.stage_files().values()):  # a checkout sets mtimes in no particular order
-        os.utime(path, (1e9 + i, 1e9 + i))
-    return run
 
 
 def test_files_from_before_the_schema_load_as_version_1(old_run):
