@@ -24,6 +24,7 @@ from edgetl.errors import BackboneError, RecipeError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # a link to the top-level recipes/ folder; shipped as package data
 
+MAX_LR = 1e6  # far above any useful rate (a NaN run still ends cleanly); beyond it a typo like 1e308 overflows
 _TRAIN_SPEC = re.compile(r"^(head|all|last:([1-9][0-9]*))$")
 
 
@@ -34,12 +35,12 @@ class _Strict(BaseModel):
 class Phase(_Strict):
     """One phase of the progressive recipe."""
 
-    name: str
+    name: str = Field(min_length=1, pattern=r"\S")
     epochs: int = Field(gt=0)
     train: str = "head"  # "head" | "last:N" (head + the last N backbone groups) | "all"
-    lr: float = Field(1e-4, gt=0)  # rate of the deepest trainable backbone group
+    lr: float = Field(1e-4, gt=0, le=MAX_LR)  # rate of the deepest trainable backbone group
     lr_decay: float = Field(1.0, gt=0, le=1)  # per group towards the input: discriminative rates
-    head_lr: float = Field(1e-3, gt=0)
+    head_lr: float = Field(1e-3, gt=0, le=MAX_LR)
     group_lr: dict[str, float] = {}  # explicit rates by group name; win over lr/lr_decay
     warmup_epochs: float = Field(0.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -116,7 +117,7 @@ class Recipe(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     patience: int = Field(3, ge=0)  # early stopping on val loss within a phase; 0 disables
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch generators take int64
     lora: LoraSection | None = None
     phases: list[Phase] = Field(min_length=1)
 
@@ -130,6 +131,14 @@ class Recipe(_Strict):
         except BackboneError as e:
             raise ValueError(str(e)) from None
         return v
+
+    @model_validator(mode="after")
+    def _batch_of_one_needs_frozen_bn(self) -> Recipe:
+        bad = [p.name for p in self.phases if p.bn == "train"]
+        if self.batch_size == 1 and bad:
+            raise ValueError(f"batch_size 1 cannot train BatchNorm statistics (phase(s) {', '.join(bad)} have "
+                             f"bn = 'train'): use batch_size >= 2 or bn = 'frozen'")
+        return self
 
     @model_validator(mode="after")
     def _unique_phase_names(self) -> Recipe:

@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from edgetl.cli.options import (
     AtolOpt,
@@ -59,7 +60,7 @@ from edgetl.cli.options import (
     WeightsOpt,
 )
 from edgetl.cli.render import RichHooks, console, err_console, show_verify
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, describe_error
 from edgetl.pipeline import ExportRequest, TrainRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -67,7 +68,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def command(fn):
-    """A command whose EdgetlError becomes a one-line message and its exit code, never a traceback.
+    """The one error boundary: an EdgetlError becomes its one-line message and exit code; any other exception
+    one line too, exit 2 (its traceback with --verbose). Only a failed bar exits 1, the code CI gates on.
     (Registered at the end of this module, in the order `--help` lists them.)"""
 
     @functools.wraps(fn)
@@ -75,10 +77,23 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except EdgetlError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            _error(str(e))
             raise typer.Exit(e.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 — the boundary: no traceback for the user, unless asked
+            if logging.getLogger().isEnabledFor(logging.INFO):
+                err_console.print_exception()
+            _error(f"unexpected {describe_error(e, limit=300)} — run again with --verbose for the traceback, and "
+                   f"report it if the input looks right")
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _error(message: str) -> None:
+    """One line on stderr; the message's own brackets (paths, labels) are text, never rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _setup_logging(verbose: bool) -> None:

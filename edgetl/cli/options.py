@@ -73,7 +73,7 @@ CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Which c
 ExportOutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Export folder (default: RUN/export); replaced as a whole.")]
 PredictRunArg = Annotated[Path, typer.Argument(help="Run directory (or its export folder).")]
 ImagesArg = Annotated[list[Path], typer.Argument(help="Image files to classify.")]
-TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="How many classes to list per image.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to list per image.")]
 PredictJsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CompareScratchOpt = Annotated[bool, typer.Option("--compare-scratch", help="Also train the recipe from random weights and compare.")]
 RunResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue this run at its first unfinished stage.")]

@@ -92,9 +92,27 @@ def _step(what: str, out: Path) -> Iterator[None]:
 
 
 def _check_replaceable(out: Path) -> None:
-    """Only an export (or an empty folder) may be replaced wholesale: never a folder of the user's files."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise EdgetlError(f"{out} exists and is not an edgetl export (no {MANIFEST}) — pass --out a new or empty folder")
+    """Only an export (or an empty folder) may be replaced wholesale: a folder holding its manifest and the files
+    it lists, nothing else — never a folder of the user's files that merely has a manifest.json in it."""
+    if not out.exists():
+        return
+    fix = "pass --out a new or empty folder"
+    if not out.is_dir():
+        raise EdgetlError(f"{out} exists and is not a folder — {fix}")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    if MANIFEST not in entries:
+        raise EdgetlError(f"{out} exists and is not an edgetl export (no {MANIFEST}) — {fix}")
+    try:
+        listed = {a.file for a in rundir.read_manifest(out / MANIFEST).artifacts}
+    except RunDirError as e:
+        raise EdgetlError(f"{out} is not a readable edgetl export ({e}) — {fix}") from None
+    foreign = sorted(entries - listed - {MANIFEST})
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise EdgetlError(f"{out} holds files edgetl did not export ({shown}); replacing the folder would delete "
+                          f"them — {fix}")
 
 
 def _swap_in(new: Path, out: Path) -> None:

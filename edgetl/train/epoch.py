@@ -70,8 +70,8 @@ class Batcher:
             generator.set_state(generator_state)
         for start in range(skip * batch_size, n, batch_size):
             idx = order[start:start + batch_size]
-            if generator is not None and len(idx) < 2 and start > 0:
-                break  # a batch of one breaks BatchNorm in train mode
+            if generator is not None and start > 0 and len(idx) < min(2, batch_size):
+                break  # a last, partial batch of one breaks BatchNorm in train mode
             yield self.inputs(idx, generator), self.y[idx].to(self.device, non_blocking=True)
 
     def inputs(self, idx: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import torch_runner
-from edgetl.rundir import ArtifactEntry, Manifest, RunDir, VerifyReport
+from edgetl.rundir import ArtifactEntry, CheckpointMeta, Manifest, RunDir, VerifyReport
 from edgetl.train.checkpoint import checkpoint_meta, load_model
 from edgetl.verify.gate import BARS, Bars, Check, Gate
 from edgetl.verify.inputs import gather_inputs
@@ -40,6 +41,8 @@ from edgetl.verify.parity import PARITY_BATCH, accuracy, check_parity, run_batch
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+MAX_LATENCY_SECONDS = 600.0  # per timed setting: a bar a CI job can wait for
+MAX_BATCH = 1024  # latency of a bigger batch says nothing a device needs, and its input alone takes GBs
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class VerifySettings:
 
     def validate(self) -> None:
         """Bad flag values are usage errors (exit 2), never silently corrected."""
-        t = self.threads or ()
+        t, cores = self.threads or (), all_threads()
+        seconds = self.timing.seconds
         problems = [
             (self.samples < 0, f"--samples must be >= 0 (got {self.samples})"),
             (self.atol is not None and self.atol < 0, f"--atol must be >= 0 (got {self.atol})"),
@@ -70,7 +74,10 @@ class VerifySettings:
              f"--max-latency-ms must be > 0 (got {self.max_latency_ms})"),
             (self.max_regression < 0, f"--max-regression is a fraction >= 0, e.g. 0.10 (got {self.max_regression})"),
             (any(n < 1 for n in t), f"--threads must be >= 1 (got {list(t)})"),
-            (self.timing.seconds <= 0, f"--latency-seconds must be > 0 (got {self.timing.seconds})"),
+            (any(n > cores for n in t), f"--threads must be at most this machine's {cores} cores (got {list(t)})"),
+            (not math.isfinite(seconds) or not 0 < seconds <= MAX_LATENCY_SECONDS,
+             f"--latency-seconds must be a number of seconds in (0, {MAX_LATENCY_SECONDS}] (got {seconds})"),
+            (self.batch is not None and self.batch > MAX_BATCH, f"--batch must be at most {MAX_BATCH} (got {self.batch})"),
         ]
         for bad, message in problems:
             if bad:
@@ -151,6 +158,10 @@ def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
         gate.check("manifest.json", "integrity", "artifacts listed", 0, ">=", 1)
     for artifact in manifest.artifacts:
         name, path = artifact.file, export_dir / artifact.file
+        inside = path.resolve().is_relative_to(export_dir.resolve())
+        if not gate.check(name, "integrity", "path", "inside export/" if inside else "outside export/", "==",
+                          "inside export/", detail="a manifest lists only files of its own export folder"):
+            continue  # never open, hash or load a file elsewhere
         if not gate.check(name, "integrity", "file", "present" if path.is_file() else "missing", "==", "present",
                           detail=f"listed in {export_dir / 'manifest.json'} — re-run `edgetl export`"):
             continue
@@ -178,6 +189,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         exported = getattr(manifest.run, key)
         if exported is not None:  # the reference must be the checkpoint the export was made from
             gate.check(name, "integrity", key, value, "==", exported, detail=fix)
+    check_meaning(manifest, meta, gate)
     reference = torch_runner(model)
     progress("inputs")
     inputs = gather_inputs(run.root, labels=manifest.labels, preprocessing=manifest.preprocessing,
@@ -201,7 +213,23 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         report.parity[name] = figures
         if figures is not None:
             runnable.append(artifact)
+    # A manifest whose every file was renamed to a format verify cannot run must not pass on integrity alone.
+    gate.check("manifest.json", "values", "artifacts checked for parity", len(runnable), ">=", 1,
+               detail=f"no listed file ran in a runtime edgetl knows ({', '.join(FORMATS)})")
     return runnable, checkpoint
+
+
+def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate) -> None:
+    """What a device reads from the manifest must be what the model was trained with: labels in order, the
+    preprocessing, the input and output shapes. Hashes prove the bytes; these prove the meaning."""
+    fix = "the manifest was edited after export; re-run `edgetl export`"
+    gate.check("manifest.json", "meaning", "labels", manifest.labels, "==", meta.labels, detail=fix)
+    gate.check("manifest.json", "meaning", "output size", manifest.output.shape[-1], "==", len(meta.labels),
+               detail=fix)
+    gate.check("manifest.json", "meaning", "preprocessing", manifest.preprocessing.to_dict(), "==",
+               meta.preprocessing.to_dict(), detail=fix)
+    crop = meta.preprocessing.crop_size
+    gate.check("manifest.json", "meaning", "input shape", manifest.input.shape[1:], "==", [3, crop, crop], detail=fix)
 
 
 def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntry], checkpoint: Path,
