@@ -197,7 +197,7 @@ def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, e
     """Load, apply CLI overrides (None values are ignored) and validate a recipe."""
     path = find_recipe(name_or_path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: editors on Windows add a BOM
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

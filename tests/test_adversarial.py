@@ -162,3 +162,28 @@ def test_batch_size_one_trains_every_image(tmp_path):
     batches = list(data.batches(1, torch.Generator().manual_seed(0)))
     assert len(batches) == steps_per_epoch(5, 1) == 5
     assert sorted(int(y) for _, ys in batches for y in ys) == [0, 1, 2, 3, 4]
+
+
+def test_train_out_never_overwrites_a_users_folder(tiny, tmp_path):
+    data, recipe = tiny
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "labels.json").write_text('["keep me"]')
+    result = invoke("train", "--recipe", recipe, "--data", data, "--out", mine)
+    assert result.exit_code == 2 and "not an edgetl run (labels.json)" in one_line(result)
+    assert (mine / "labels.json").read_text() == '["keep me"]' and sorted(p.name for p in mine.iterdir()) == ["labels.json"]
+
+
+def test_train_out_inside_the_data_folder_is_refused(tiny, tmp_path):
+    data, recipe = tiny
+    result = invoke("train", "--recipe", recipe, "--data", data, "--out", data / "train" / "runs")
+    assert result.exit_code == 2 and "inside the data folder" in one_line(result)
+    assert not (data / "train" / "runs").exists()
+
+
+def test_a_recipe_with_a_utf8_bom_loads(tmp_path):
+    from edgetl.recipe import load_recipe
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes('\ufeffbackbone = "resnet18"\n[[phases]]\nname = "head"\nepochs = 1\n'.encode())
+    assert load_recipe(str(path)).backbone == "resnet18"

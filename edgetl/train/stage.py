@@ -111,6 +111,21 @@ def zero_new_classifier(model: nn.Module, keys: list[str]) -> None:
         state[key].zero_()
 
 
+def check_out(run: RunDir, *, data: str) -> None:
+    """A run writes only into a new or empty folder, or one of its own: never over a user's files, and never
+    inside the data folder (curves.png in a class folder would be trained on next time)."""
+    root = run.root
+    if root.is_dir() and any(root.iterdir()) and not run.recipe.is_file():
+        names = sorted(p.name for p in root.iterdir())
+        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        raise EdgetlError(f"--out {root} holds files that are not an edgetl run ({shown}); training would overwrite "
+                          f"them — pass --out a new or empty folder")
+    data_root = Path(data).expanduser()
+    if data_root.is_dir() and root.resolve().is_relative_to(data_root.resolve()):
+        raise EdgetlError(f"--out {root} is inside the data folder {data}: the run's files would be read as data "
+                          f"next time — pass --out a folder outside it")
+
+
 def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Callbacks | None = None) -> TrainSummary:
     """Train a new run into `run_dir` (which must not hold a run yet)."""
     started = time.perf_counter()
@@ -118,6 +133,7 @@ def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Cal
     run = RunDir(run_dir)
     if run.checkpoint("last").exists():
         raise EdgetlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    check_out(run, data=recipe.data)
     prep = prepare_run(recipe, device=device, callbacks=callbacks)
     try:
         run.root.mkdir(parents=True, exist_ok=True)
