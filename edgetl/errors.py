@@ -3,6 +3,8 @@
     raise RecipeError("recipes/x.toml: phases.0.epochs: must be > 0 (got -1)")
 """
 
+import unicodedata
+
 
 class EdgetlError(Exception):
     """A mistake in the user's input or environment: the message names the problem and the fix."""
@@ -62,3 +64,13 @@ def first_line(e: BaseException, *, limit: int = 200) -> str:
 def describe_error(e: BaseException, *, limit: int = 200) -> str:
     """`Type: first line` for a library's exception; an EdgetlError's own text needs no type name."""
     return first_line(e, limit=limit) if isinstance(e, EdgetlError) else f"{type(e).__name__}: {first_line(e, limit=limit)}"
+
+
+# Bidirectional overrides and isolates: text that reorders itself on screen (U+202A-202E, U+2066-2069).
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes (`\\x1b`, `\\n`): a file or folder name can hold
+    terminal escape sequences, and a message or table must print what it names, never what it commands."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" or c in _BIDI else c for c in text)

@@ -1,13 +1,16 @@
-"""Atomic file writes: write to a temp file beside the target, then rename over it.
+"""Safe writes: atomic files (a temp file beside the target, then a rename) and a writer's lock on a folder.
 
     with atomic_path(run / "best.pt") as tmp: torch.save(state, tmp)
+    with locked(run_dir): ...   # a second writer gets one line naming our pid
 
-A crash, a full disk or a kill midway leaves the previous file intact.
+A crash, a full disk or a kill midway leaves the previous file intact. Files get the mode a plain `open()`
+would give them (the umask applies), or keep the mode of the file they replace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -23,10 +26,13 @@ from edgetl.errors import EdgetlError
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success fsync and rename it over the target."""
     target = Path(target)
+    if target.is_symlink():  # write through the link, as `>` does: the link stays, its file is replaced
+        target = Path(os.path.realpath(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
+        os.chmod(tmp_name, _mode_for(target))
     except OSError as e:
         raise EdgetlError(f"cannot write into {target.parent}: {folder_problem(target.parent, e)} — check the folder "
                           f"exists and is writable") from e
@@ -42,6 +48,25 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _mode_for(target: Path) -> int:
+    """The replaced file's own mode, or what a plain `open()` creates: 0666 less the umask (mkstemp's is 0600)."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def make_dir_like_mkdir(path: str | os.PathLike) -> None:
+    """Give a `tempfile.mkdtemp` folder (0700) the mode `mkdir` would: 0777 less the umask."""
+    os.chmod(path, 0o777 & ~current_umask())
 
 
 def folder_problem(folder: Path, e: OSError) -> str:
@@ -76,14 +101,52 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or damaged file into a one-line RunDirError."""
-    from edgetl.errors import RunDirError
+LOCK_NAME = ".edgetl.lock"
 
-    path = Path(path)
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `folder` exclusively while a stage writes into it: a second writer gets one line with our pid.
+
+    An advisory `flock` on FOLDER/.edgetl.lock (POSIX: released by the kernel when the process dies, so a
+    killed run never leaves a stale lock). The folder is created when missing, and removed again if the
+    stage fails before writing anything into it. Not reentrant: take it once per stage."""
+    folder = Path(folder)
+    created = not folder.exists()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: {what} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path}: {what} is damaged ({e}) — re-run the stage that writes it") from None
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgetlError(f"cannot write into {folder}: {folder_problem(folder, e)} — choose another folder") from e
+    path = folder / LOCK_NAME
+    fd = _lock(path, folder)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiting writer then re-checks the inode (see _lock)
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: the stage failed before writing anything
+
+
+def _lock(path: Path, folder: Path) -> int:
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise EdgetlError(f"cannot write into {folder}: {folder_problem(folder, e)} — choose another folder") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise EdgetlError(f"{folder} is in use by another edgetl process (pid {holder}) — wait for it to "
+                              f"finish, or write to another folder") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file between our open and lock: lock the new one

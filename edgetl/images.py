@@ -4,7 +4,7 @@
 
 The one decoder of edgetl: training, `verify`, `predict` and a device port all see the same pixels (EXIF
 orientation applied, 16-bit scaled, transparency on white), and the same guards (regular files only, so a
-FIFO cannot hang a read; PIL's decompression-bomb limit).
+FIFO cannot hang a read; PIL's decompression-bomb limit, on the source and on the resized size).
 """
 
 from __future__ import annotations
@@ -56,6 +56,23 @@ def load_image(path: str | os.PathLike, *, draft_size: int | None = None) -> Ima
         raise UnusableImageError(f"too many pixels for PIL's decompression-bomb guard ({e})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise UnusableImageError(f"damaged or unsupported image ({type(e).__name__}: {e})") from None
+
+
+MAX_ASPECT = 50  # longer side / shorter side; a wider strip is not a photo of one thing
+
+
+def check_resizable(size: tuple[int, int], shorter_side: int) -> None:
+    """Refuse an image whose shorter-side resize would be absurd: PIL's decompression guard counts the source
+    pixels, but a 4 KB 1x1,000,000 PNG resized to a 256-px shorter side would be 256x256,000,000 px."""
+    short, long = min(size), max(size)
+    if long > MAX_ASPECT * short:
+        raise UnusableImageError(f"aspect ratio {long}:{short} is beyond {MAX_ASPECT}:1 (its resize to a "
+                                 f"{shorter_side}-px shorter side would be {long * shorter_side // short} px long) "
+                                 f"— crop it")
+    resized = shorter_side * (long * shorter_side // short)
+    if Image.MAX_IMAGE_PIXELS and resized > Image.MAX_IMAGE_PIXELS:
+        raise UnusableImageError(f"resized to a {shorter_side}-px shorter side it would have {resized} pixels, "
+                                 f"beyond PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS})")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -89,22 +89,27 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
     from edgetl.recipe import load_recipe
 
     hooks = hooks or Hooks()
-    with hooks.training() as callbacks:
-        if resume is not None:
+    if resume is not None:
+        require_run(resume)
+        with files.locked(resume), hooks.training() as callbacks:
             summary = train.resume(resume, device=request.device, callbacks=callbacks)
-        else:
-            resolved = load_recipe(request.recipe, overrides=request.overrides, epochs_scale=request.epochs_scale)
-            summary = train.train(resolved, run_dir=out or default_run_dir(request.recipe), device=request.device,
-                                  callbacks=callbacks)
+    else:
+        resolved = load_recipe(request.recipe, overrides=request.overrides, epochs_scale=request.epochs_scale)
+        run_dir = out or default_run_dir(request.recipe)
+        with files.locked(run_dir), hooks.training() as callbacks:
+            summary = train.train(resolved, run_dir=run_dir, device=request.device, callbacks=callbacks)
     hooks.trained(summary)
     return summary
 
 
 def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hooks: Hooks | None = None) -> Any:
     from edgetl.export import export_run
+    from edgetl.export.stage import check_request
 
     hooks = hooks or Hooks()
-    with hooks.exporting():
+    check_request(request.formats, opset=request.opset, batch=request.batch, checkpoint=request.checkpoint)
+    require_run(run_dir, recipe=False)  # a bare checkpoint folder exports: the checkpoint describes itself
+    with files.locked(run_dir), hooks.exporting():
         result = export_run(run_dir, formats=request.formats, opset=request.opset, batch=request.batch,
                             checkpoint=request.checkpoint, out=request.out)
     hooks.exported(result)
@@ -117,8 +122,11 @@ def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None 
     from edgetl.verify import VerifySettings, verify_run
 
     hooks = hooks or Hooks()
-    with hooks.verifying() as progress:
-        result = verify_run(run_dir, settings or VerifySettings(), json_path=json_path, progress=progress)
+    settings = settings or VerifySettings()
+    settings.validate()  # flags first, then the run
+    require_run(run_dir, recipe=False)
+    with files.locked(run_dir), hooks.verifying() as progress:
+        result = verify_run(run_dir, settings, json_path=json_path, progress=progress)
     hooks.verified(result)
     return result
 
@@ -131,6 +139,8 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
     started = time.perf_counter()
     run_dir = Path(resume or out or default_run_dir(request.recipe))
     run = RunDir(run_dir)
+    if resume:
+        require_run(run_dir)
     stage = first_unfinished(run_dir) if resume else "train"
     todo = STAGES[STAGES.index(stage):] if stage else ("verify",)
     if resume:
@@ -157,11 +167,27 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
 # --- where a run directory stands ---------------------------------------------------------------------------
 
 
-def _readable(path: Path, read: Callable[[Path], Any]) -> Any | None:
+def _readable(path: Path, read: Callable[[Path], Any], problems: list[str] | None = None) -> Any | None:
+    """`read(path)`, or None when the file is absent or damaged (the reason added to `problems`)."""
+    if not path.is_file():
+        return None
     try:
         return read(path)
-    except RunDirError:
+    except RunDirError as e:
+        if problems is not None:
+            problems.append(str(e))
         return None
+
+
+def require_run(run_dir: Path, *, recipe: bool = True) -> None:
+    """Refuse a missing folder, or (`recipe`) one that is not an edgetl run, before a stage touches it: a
+    resume never starts a fresh run in a folder of the user's."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise RunDirError(f"run directory {run_dir} not found — pass the folder `edgetl train` wrote")
+    if recipe and not run.recipe.is_file():
+        raise RunDirError(f"{run_dir} is not an edgetl run (no {run.recipe.name}) — pass the folder `edgetl train` "
+                          f"wrote; to start a new run there, use --out instead of --resume")
 
 
 def first_unfinished(run_dir: Path) -> str | None:
@@ -189,14 +215,17 @@ class RunInfo:
     manifest: Manifest | None
     verify: VerifyReport | None
     next_stage: str | None
+    damaged: list[str] = field(default_factory=list)  # one "damaged: <file> (...)" line per unreadable file
 
 
 def describe(run_dir: Path) -> RunInfo:
+    """What the run's files say; a damaged file is left out and named in `damaged` (the recipe must read)."""
     run = RunDir(run_dir)
     recipe = rundir.read_recipe(run)
-    labels = _readable(run.labels, lambda p: files.read_json(p, what="labels file"))
-    return RunInfo(run_dir=run.root, recipe=recipe, labels=labels, epochs_done=len(rundir.read_metrics(run.metrics)),
-                   train=_readable(run.train_json, rundir.read_train_summary),
-                   manifest=_readable(run.manifest, rundir.read_manifest),
-                   verify=_readable(run.verify_json, rundir.read_verify_report),
-                   next_stage=first_unfinished(run_dir))
+    problems: list[str] = []
+    metrics = _readable(run.metrics, rundir.read_metrics, problems) or []
+    return RunInfo(run_dir=run.root, recipe=recipe, labels=_readable(run.labels, rundir.read_labels, problems),
+                   epochs_done=len(metrics), train=_readable(run.train_json, rundir.read_train_summary, problems),
+                   manifest=_readable(run.manifest, rundir.read_manifest, problems),
+                   verify=_readable(run.verify_json, rundir.read_verify_report, problems),
+                   next_stage=first_unfinished(run_dir), damaged=problems)

@@ -3,8 +3,10 @@
     edgetl predict artifacts/my-run cat.jpg dog.png --top-k 3
 
 No checkpoint and no training code: the first artifact of the manifest that has a runtime here (the ONNX
-file, in onnxruntime, for a default export), its sha256 checked against the manifest first, and the
-manifest's preprocessing (`edgetl.preprocessing`).
+file, in onnxruntime, for a default export), its sha256 checked against the manifest first, then its meaning:
+its output size and the labels and preprocessing it embeds must be the manifest's. Images are decoded with the
+manifest's preprocessing (`edgetl.preprocessing`) and run PREDICT_BATCH at a time, so thousands of images take
+no more memory than one batch; an image that cannot be used is reported with its reason, the others still run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import rundir
-from edgetl.errors import DataError, RunDirError, VerifyFailed
+from edgetl.errors import DataError, RunDirError, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Runner
@@ -25,6 +27,8 @@ from edgetl.images import UnusableImageError
 from edgetl.preprocessing import preprocess_image
 from edgetl.rundir import Manifest
 from edgetl.verify.parity import softmax
+
+PREDICT_BATCH = 32  # images decoded and run at once (a fixed-batch export: its own batch)
 
 
 @dataclass
@@ -36,6 +40,25 @@ class Prediction:
     top: list[tuple[str, float]]  # (label, probability), best first
 
 
+@dataclass(frozen=True)
+class Failure:
+    image: str
+    error: str  # why the image cannot be used
+
+
+@dataclass
+class PredictResult:
+    rows: list[Prediction | Failure]  # one per image, in the order given
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        return [r for r in self.rows if isinstance(r, Prediction)]
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [r for r in self.rows if isinstance(r, Failure)]
+
+
 def find_export(path: Path) -> Path:
     """A run directory or its export folder -> the folder holding manifest.json."""
     for folder in (path, path / "export"):
@@ -45,7 +68,8 @@ def find_export(path: Path) -> Path:
 
 
 def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None) -> Runner:
-    """The first listed artifact with a runtime here, loaded once its sha256 matches the manifest."""
+    """The first listed artifact with a runtime here, loaded once its sha256 matches the manifest; the runner
+    refuses logits whose size is not the manifest's label count."""
     runnable = [a for a in manifest.artifacts if a.format in FORMATS]
     if not runnable:
         raise RunDirError(f"{export_dir / 'manifest.json'} lists no file edgetl can run (known formats: "
@@ -56,35 +80,81 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
         raise RunDirError(f"{path} is listed in the manifest but missing — re-run `edgetl export`")
     digest = sha256_file(path)
     if digest != artifact.sha256:
-        raise VerifyFailed(f"{path}: sha256 {digest[:12]}… does not match the manifest ({artifact.sha256[:12]}…); "
+        raise RunDirError(f"{path}: sha256 {digest[:12]}… does not match the manifest ({artifact.sha256[:12]}…); "
                            "the file changed after export — re-export it")
-    return FORMATS[artifact.format].load(path, threads=threads)
+    fmt = FORMATS[artifact.format]
+    try:
+        runner = fmt.load(path, threads=threads)
+        embedded = fmt.read_meta(path)
+    except Exception as e:  # noqa: BLE001 — a file its runtime refuses is a damaged export, not a crash
+        raise RunDirError(f"{path}: {fmt.runtime} cannot load it ({describe_error(e)}) — re-export it") from None
+    declared = runner.outputs[0].shape[-1] if runner.outputs else None
+    if isinstance(declared, int):
+        _check_output_size(path, declared, manifest)
+    if embedded is not None:  # None: exported before files described themselves
+        for field, listed in (("labels", manifest.labels), ("preprocessing", manifest.preprocessing.to_dict())):
+            if embedded[field] != listed:
+                raise RunDirError(f"{path}: the {field} embedded in the file differ from the manifest's — one was "
+                                  f"edited after export; re-export it")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        logits = runner(x)
+        _check_output_size(path, logits.shape[-1], manifest)
+        return logits
+
+    return Runner(run=run, inputs=runner.inputs, outputs=runner.outputs)
 
 
-def predict(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5, threads: int | None = None) -> list[Prediction]:
+def _check_output_size(path: Path, size: int, manifest: Manifest) -> None:
+    if size != len(manifest.labels):
+        raise RunDirError(f"{path}: the model has {size} outputs but the manifest lists {len(manifest.labels)} "
+                          f"labels — the manifest was edited or belongs to another export; re-export it")
+
+
+def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
+                   threads: int | None = None) -> PredictResult:
+    """Every image's prediction, or the reason it cannot be used, in the order given."""
     if not images:
         raise DataError("no image given — pass one or more image files")
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")
     runner = load_artifact(export_dir, manifest, threads=threads)
-    labels = manifest.labels
-    batch = []
-    for image in images:
+    fixed = manifest.input.shape[0] if isinstance(manifest.input.shape[0], int) else None
+    size = fixed or PREDICT_BATCH
+    k = max(1, min(top_k, len(manifest.labels)))
+    rows: list[Prediction | Failure] = []
+    for start in range(0, len(images), size):
+        rows += _predict_batch(runner, images[start:start + size], manifest, k=k, fixed=fixed)
+    return PredictResult(rows)
+
+
+def predict(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
+            threads: int | None = None) -> list[Prediction]:
+    """Every image's prediction, in order; an image that cannot be used is a DataError naming it."""
+    result = predict_images(path, images, top_k=top_k, threads=threads)
+    if result.failures:
+        bad = result.failures[0]
+        raise DataError(f"cannot read image {bad.image}: {bad.error}")
+    return result.predictions
+
+
+def _predict_batch(runner: Runner, images: Sequence[str | os.PathLike], manifest: Manifest, *, k: int,
+                   fixed: int | None) -> list[Prediction | Failure]:
+    rows: dict[int, Prediction | Failure] = {}
+    decoded: dict[int, np.ndarray] = {}
+    for i, image in enumerate(images):
         try:
-            batch.append(preprocess_image(image, manifest.preprocessing))
+            decoded[i] = preprocess_image(image, manifest.preprocessing)
         except (UnusableImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: PIL on some damaged files
-            raise DataError(f"cannot read image {image}: {e}") from None
-    fixed = manifest.input.shape[0]
-    x = np.stack(batch)
-    if isinstance(fixed, int):  # a fixed-batch export: one call per image, padded
-        logits = np.concatenate([runner(np.concatenate([x[i:i + 1]] * fixed))[:1] for i in range(len(x))])
-    else:
-        logits = runner(x)
-    probs = softmax(logits)
-    k = max(1, min(top_k, len(labels)))
-    out = []
-    for image, p in zip(images, probs):
-        order = np.argsort(-p)[:k]
-        out.append(Prediction(image=str(image), label=labels[order[0]], index=int(order[0]), probability=float(p[order[0]]),
-                              top=[(labels[i], float(p[i])) for i in order]))
-    return out
+            rows[i] = Failure(image=str(image), error=describe_error(e))
+    if decoded:
+        x = np.stack(list(decoded.values()))
+        if fixed:  # a fixed-batch export takes exactly its batch: pad the last one
+            x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
+        probs = softmax(runner(x))[:len(decoded)]
+        labels = manifest.labels
+        for i, p in zip(decoded, probs):
+            order = np.argsort(-p)[:k]
+            rows[i] = Prediction(image=str(images[i]), label=labels[order[0]], index=int(order[0]),
+                                 probability=float(p[order[0]]), top=[(labels[j], float(p[j])) for j in order])
+    return [rows[i] for i in range(len(images))]

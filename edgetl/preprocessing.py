@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl.errors import RunDirError
-from edgetl.images import load_image
+from edgetl.images import check_resizable, load_image
 
 # manifest name -> PIL filter; the names are torchvision's InterpolationMode values.
 INTERPOLATION = {
@@ -109,6 +109,7 @@ def resize_shorter_side(img: Image.Image, size: int, *, interpolation: str) -> I
     if interpolation not in INTERPOLATION:
         raise RunDirError(f"manifest preprocessing: unknown interpolation {interpolation!r}; "
                           f"known: {', '.join(INTERPOLATION)}")
+    check_resizable(img.size, size)
     w, h = img.size
     short, long = min(w, h), max(w, h)
     new_short, new_long = size, int(size * long / short)

@@ -111,7 +111,7 @@ class Recipe(_Strict):
     data: str = "sample"  # sample | cifar10 | a folder
     subset: int | None = Field(None, gt=0)
     image_size: int | None = Field(None, ge=16, le=1024)  # input (crop) size; None: the weights' own
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)

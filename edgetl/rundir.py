@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from edgetl import __version__, files
-from edgetl.errors import RunDirError
+from edgetl.errors import RecipeError, RunDirError
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe, parse_recipe
 
@@ -214,17 +214,27 @@ class VerifyReport(_Versioned):
 
 # --- reading and writing ---------------------------------------------------------------------------------------
 
-M = TypeVar("M", bound=_Versioned)
+M = TypeVar("M", bound=_Schema)
+
+# The stage that writes each run file (by name; every other file is train's): what to re-run when it is damaged.
+WRITTEN_BY = {"manifest.json": "export", "verify.json": "verify"}
+
+
+def damaged(path: Path | str, reason: str, *, stage: str | None = None,
+            error: type[RunDirError] = RunDirError) -> RunDirError:
+    """The one message for a run file that cannot be read as what it should be."""
+    stage = stage or WRITTEN_BY.get(Path(path).name, "train")
+    return error(f"damaged: {path} ({reason}); re-run `edgetl {stage}`")
 
 
 def parse(model: type[M], data: Any, *, source: Path | str, what: str) -> M:
     """Validate `data` as `model`; a newer schema or a bad field is a one-line RunDirError naming `source`."""
+    stage = STAGE_OF.get(model)
     if not isinstance(data, dict):
-        raise RunDirError(f"{source}: {what} is not a JSON object — re-run the stage that writes it")
+        raise damaged(source, f"the {what} is not a JSON object", stage=stage)
     version = data.get("schema_version", data.get("format_version", 1))
     if not isinstance(version, int) or version < 1:
-        raise RunDirError(f"{source}: unknown schema_version {version!r} of the {what} — re-run the stage that "
-                          f"writes it")
+        raise damaged(source, f"unknown schema_version {version!r}", stage=stage)
     if version > SCHEMA_VERSION:
         raise RunDirError(f"{source}: the {what} has schema_version {version}, newer than this edgetl "
                           f"({__version__}) reads (up to {SCHEMA_VERSION}) — upgrade edgetl, or re-run the stage "
@@ -232,15 +242,36 @@ def parse(model: type[M], data: Any, *, source: Path | str, what: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        error = e.errors()[0]
-        field = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise RunDirError(f"{source}: the {what} is damaged: {field}: {error['msg']}{more} — re-run the stage "
-                          f"that writes it") from None
+        raise damaged(source, _first_error(e), stage=stage) from None
+
+
+def _first_error(e: ValidationError) -> str:
+    error = e.errors()[0]
+    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{field}: {error['msg']}{more}"
+
+
+def read_json(path: Path, *, what: str = "file", stage: str | None = None) -> Any:
+    """A run file's JSON; missing is 'not found', unreadable is `damaged`."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise RunDirError(f"{path}: is a folder, not a {what} file — pass the file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise damaged(path, f"not JSON: {e}", stage=stage) from None
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read the {what} ({e.strerror})") from None
 
 
 def _read(model: type[M], path: Path, what: str) -> M:
-    return parse(model, files.read_json(path, what=what), source=path, what=what)
+    return parse(model, read_json(path, what=what, stage=STAGE_OF.get(model)), source=path, what=what)
+
+
+# What to re-run when a file of this schema is damaged, whatever it is called (a --baseline, a --json copy).
+STAGE_OF: dict[type, str] = {Manifest: "export", VerifyReport: "verify"}
 
 
 def read_train_summary(path: Path) -> TrainSummary:
@@ -260,6 +291,43 @@ def read_checkpoint_meta(ckpt: dict[str, Any], *, source: Path | str) -> Checkpo
     return parse(CheckpointMeta, meta, source=source, what="checkpoint metadata")
 
 
+def read_labels(path: Path) -> list[str]:
+    """labels.json: the class names in output order, at least two, no repeats."""
+    labels = read_json(path, what="labels file")
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+        raise damaged(path, "not a list of two or more class names")
+    if len(set(labels)) < len(labels):
+        raise damaged(path, "a class name is repeated")
+    return labels
+
+
+class Split(_Schema):
+    """split.json: which files (relative to `root`) trained and which validated; replayed on resume."""
+
+    source: str
+    root: str | None = None  # the data folder, absolute (runs before 0.2 have none)
+    train: list[tuple[str, str]]  # (entry, class)
+    val: list[tuple[str, str]]
+    classes: list[str] | None = None
+
+
+def read_split(path: Path) -> dict[str, Any]:
+    """split.json, validated, as the plain dict the data loader replays."""
+    return _read(Split, path, "split file").model_dump(mode="json")
+
+
+class EpochRecord(_Schema):
+    """One line of metrics.jsonl."""
+
+    epoch: int
+    phase: str
+    val_acc: float
+    val_loss: float
+    train_loss: float
+    train_acc: float
+    seconds: float
+
+
 def write(path: Path, model: BaseModel) -> None:
     """Atomically, as indented JSON (the key order of the model)."""
     files.write_json(path, model.model_dump(mode="json"))
@@ -270,9 +338,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path}: damaged ({e}) — it is rewritten whole each epoch; re-run the training") from None
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise damaged(path, f"not UTF-8: {e}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = EpochRecord.model_validate_json(line)
+        except ValidationError as e:
+            raise damaged(path, f"line {number}: {_first_error(e)}") from None
+        records.append(record.model_dump(mode="json"))
+    return records
 
 
 def read_recipe(run: RunDir) -> Recipe:
@@ -282,10 +360,13 @@ def read_recipe(run: RunDir) -> Recipe:
         raise RunDirError(f"{run.root} is not an edgetl run directory (no {path.name}) — pass the --out of "
                           f"`edgetl train`")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise RunDirError(f"{path}: damaged ({e}) — restore it or start a new run") from None
-    return parse_recipe(data, source=str(path))
+        raise damaged(path, str(e)) from None
+    try:
+        return parse_recipe(data, source=str(path))
+    except RecipeError as e:
+        raise damaged(path, str(e).removeprefix(f"{path}: ")) from None
 
 
 def package_versions(*packages: str) -> dict[str, str | None]:

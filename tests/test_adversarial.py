@@ -1,4 +1,4 @@
-"""Hostile inputs through the CLI: one line, the right exit code, nothing lost (issue 16, the part done so far).
+"""Hostile inputs through the CLI: one line, the right exit code, nothing lost (issue 16).
 
 Exit codes: 2 for bad input or a damaged file, 1 only for a failed bar (what CI gates on), never a traceback.
 """
@@ -187,3 +187,221 @@ def test_a_recipe_with_a_utf8_bom_loads(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes('\ufeffbackbone = "resnet18"\n[[phases]]\nname = "head"\nepochs = 1\n'.encode())
     assert load_recipe(str(path)).backbone == "resnet18"
+
+
+
+# --- damaged run files: one reader, one message ------------------------------------------------------------------
+
+DAMAGE = {"not json": b"{not json", "a list": b"[1, 2]", "not utf-8": b"\xff\xfe\x00bad", "wrong fields": b'{"epoch": "x"}'}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny):
+    """A trained, exported and verified tiny run."""
+    data, recipe = tiny
+    run = tmp_path_factory.mktemp("finished") / "run"
+    result = invoke("run", "--recipe", recipe, "--data", data, "--out", run, "--latency-seconds", "0.01", "--samples", "4")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def finished_copy(finished, tmp_path):
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+@pytest.mark.parametrize("file", ["metrics.jsonl", "labels.json", "train.json", "export/manifest.json", "verify.json"])
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_info_names_each_damaged_file_and_exits_2(finished_copy, file, damage):
+    (finished_copy / file).write_bytes(DAMAGE[damage])
+    result = invoke("info", finished_copy)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert one_line(result).startswith(f"error: damaged: {finished_copy / file} (")
+    stage = {"export/manifest.json": "export", "verify.json": "verify"}.get(file, "train")
+    assert one_line(result).endswith(f"re-run `edgetl {stage}`")
+    assert "edgetl info" in result.output  # what could be read is still shown
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("command", ["export", "verify", "resume"])
+def test_a_damaged_split_is_one_line_in_every_stage_that_reads_it(finished_copy, damage, command):
+    (finished_copy / "split.json").write_bytes(DAMAGE[damage])
+    (finished_copy / "train.json").unlink()  # a resume needs a cut run
+    args = {"export": ["export", finished_copy], "verify": ["verify", finished_copy, *FAST],
+            "resume": ["train", "--resume", finished_copy]}[command]
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert one_line(result).startswith(f"error: damaged: {finished_copy / 'split.json'} (")
+
+
+@pytest.mark.parametrize("damage", ["a list", "wrong fields"])
+def test_a_resume_with_damaged_metrics_is_one_line(finished_copy, damage):
+    (finished_copy / "train.json").unlink()
+    (finished_copy / "metrics.jsonl").write_bytes(DAMAGE[damage] + b"\n")
+    result = invoke("train", "--resume", finished_copy)
+    assert result.exit_code == 2
+    assert one_line(result).startswith(f"error: damaged: {finished_copy / 'metrics.jsonl'} (line 1: ")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("[1, 2]"), "(the verify report is not a JSON object); re-run `edgetl verify`"),
+    (lambda p: p.mkdir(), "is a folder, not a verify report file"),
+    (lambda p: p.write_text(json.dumps({"run_dir": ".", "gate": "fast"})), "gate: "),
+])
+def test_a_bad_baseline_is_one_line_naming_it(exported, tmp_path, make, message):
+    baseline = tmp_path / "baseline.json"
+    make(baseline)
+    result = invoke("verify", exported, *FAST, "--baseline", baseline)
+    assert result.exit_code == 2 and message in one_line(result) and str(baseline) in one_line(result)
+
+
+def test_a_baseline_with_a_zero_p50_is_refused_not_divided_by(run_copy, tmp_path):
+    assert invoke("verify", run_copy, *FAST, "--json", tmp_path / "v.json").exit_code == 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    report["gate"]["p50_ms"] = 0
+    (tmp_path / "v.json").write_text(json.dumps(report))
+    result = invoke("verify", run_copy, *FAST, "--baseline", tmp_path / "v.json")
+    assert result.exit_code == 2 and "damaged: " in one_line(result) and "gate.p50_ms is 0" in one_line(result)
+
+
+# --- never touch what edgetl didn't write ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "export", "verify", "resume"])
+def test_a_second_writer_is_refused_naming_the_holders_pid(finished_copy, tiny, command):
+    import os
+
+    from edgetl import files
+
+    data, recipe = tiny
+    before = {p: p.read_bytes() for p in finished_copy.rglob("*") if p.is_file()}
+    args = {"train": ["train", "--recipe", recipe, "--data", data, "--out", finished_copy],
+            "export": ["export", finished_copy], "verify": ["verify", finished_copy, *FAST],
+            "resume": ["train", "--resume", finished_copy]}[command]
+    with files.locked(finished_copy):  # another process writing (flock conflicts across open files)
+        result = invoke(*args)
+    assert result.exit_code == 2
+    assert f"is in use by another edgetl process (pid {os.getpid()})" in one_line(result)
+    assert {p: p.read_bytes() for p in finished_copy.rglob("*") if p.is_file()} == before  # the lock file is gone
+
+
+def test_files_respect_the_umask_and_json_writes_through_a_symlink(tiny, tmp_path):
+    import os
+    import stat
+
+    data, recipe = tiny
+    old = os.umask(0o027)
+    try:
+        assert invoke("train", "--recipe", recipe, "--data", data, "--out", tmp_path / "run").exit_code == 0
+        assert invoke("export", tmp_path / "run", "--format", "onnx").exit_code == 0
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path / "run").as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "run").rglob("*")}
+    assert modes["labels.json"] == modes["checkpoints/best.pt"] == modes["export/manifest.json"] == 0o640, modes
+    assert modes["export/model.onnx"] == 0o640 and modes["export"] == 0o750, modes
+    target = tmp_path / "reports" / "verify.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    (tmp_path / "link.json").symlink_to(target)
+    assert invoke("verify", tmp_path / "run", *FAST, "--json", tmp_path / "link.json").exit_code == 0
+    assert (tmp_path / "link.json").is_symlink() and json.loads(target.read_text())["passed"] is True
+
+
+# --- exact resume or refusal ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, command):
+    empty, mine = tmp_path / "empty", tmp_path / "mine"
+    empty.mkdir()
+    mine.mkdir()
+    (mine / "index.html").write_text("<html>")
+    for folder in (empty, mine):
+        result = invoke(command, "--resume", folder)
+        assert result.exit_code == 2 and "is not an edgetl run (no recipe.resolved.toml)" in one_line(result)
+    assert list(empty.iterdir()) == [] and [p.name for p in mine.iterdir()] == ["index.html"]
+
+
+@pytest.fixture
+def cut_run(tiny, tmp_path):
+    """A tiny run stopped after its first epoch, trained on a relative data path from tmp_path."""
+    from edgetl.recipe import load_recipe
+    from edgetl.testing import StopAfterEpoch
+    from edgetl.train import train
+
+    data, recipe = tiny
+    shutil.copytree(data, tmp_path / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        with pytest.raises(KeyboardInterrupt):
+            train(load_recipe(str(recipe), overrides={"data": "data"}), run_dir=tmp_path / "cut", device="cpu",
+                  callbacks=StopAfterEpoch(1))
+    return tmp_path / "cut"
+
+
+def test_a_resume_refuses_a_recipe_changed_since_the_run_started(cut_run):
+    path = cut_run / "recipe.resolved.toml"
+    path.write_text(path.read_text().replace("image_size = 32", "image_size = 64"))
+    before = (cut_run / "checkpoints" / "last.pt").read_bytes()
+    result = invoke("train", "--resume", cut_run)
+    assert result.exit_code == 2 and "recipe.resolved.toml changed since the run started" in one_line(result)
+    assert (cut_run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_resume_reads_the_data_the_run_started_on_from_any_folder(cut_run, tmp_path, monkeypatch, caplog):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)  # a different "data" relative to the new cwd: must not be used
+    monkeypatch.chdir(elsewhere)
+    image = next((tmp_path / "data" / "train").rglob("*.png"))
+    image.write_bytes(image.read_bytes())  # a new mtime: the run's files changed
+    result = invoke("train", "--resume", cut_run)
+    assert result.exit_code == 0, result.output
+    assert "changed since it started" in result.output
+    assert (cut_run / "train.json").is_file()
+
+
+# --- bounded resources and honest data ------------------------------------------------------------------------
+
+
+def test_an_absurd_aspect_ratio_is_skipped_with_a_reason(exported, tmp_path):
+    from PIL import Image
+
+    strip, good = tmp_path / "strip.png", tmp_path / "good.png"
+    Image.new("RGB", (1, 1_000_000)).save(strip)  # 4 KB on disk; 36 x 36,000,000 px once resized
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(good)
+    result = invoke("predict", exported, good, strip)
+    assert result.exit_code == 2 and "aspect ratio 1000000:1 is beyond 50:1" in one_line(result)
+    assert "class_" in result.output  # the good image is still answered
+
+
+@pytest.mark.parametrize("names", [("Cat", "cat"), ("caf\u00e9", "cafe\u0301")])
+def test_class_names_that_differ_only_by_case_or_normalisation_are_refused(tmp_path, tiny, names):
+    from PIL import Image
+
+    _, recipe = tiny
+    for name in (*names, "dog"):
+        for i in range(3):
+            (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(tmp_path / "data" / name / f"{i}.png")
+    result = invoke("train", "--recipe", recipe, "--data", tmp_path / "data", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "differ only by case or Unicode normalisation" in one_line(result)
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_images_identical_to_train_images_are_reported(tiny, tmp_path):
+    data, recipe = tiny
+    copy = shutil.copytree(data, tmp_path / "data")
+    train_image = sorted((copy / "train" / "circle").iterdir())[0]
+    shutil.copy(train_image, copy / "val" / "circle" / "copy-of-train.png")
+    result = invoke("train", "--recipe", recipe, "--data", copy, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "byte-identical copies of train images" in result.output
+    duplicates = json.loads((tmp_path / "run" / "data.json").read_text())["duplicates"]
+    assert duplicates == [["val/circle/copy-of-train.png", f"train/circle/{train_image.name}"]]
+
+
+def test_control_characters_in_a_name_are_shown_not_run(tmp_path):
+    result = invoke("export", tmp_path / "evil\x1b[2Jname")
+    assert result.exit_code == 2
+    assert "\x1b" not in result.output and "evil\\x1b[2Jname" in one_line(result)

@@ -15,11 +15,12 @@ from torchvision.transforms import v2
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.errors import DataError, RunDirError, VerifyFailed
+from edgetl.errors import DataError, RunDirError
 from edgetl.export.stage import export_run
-from edgetl.files import read_json, write_json
+from edgetl.files import write_json
 from edgetl.predict import find_export, predict
 from edgetl.preprocessing import preprocess_batch
+from edgetl.rundir import read_json
 from edgetl.testing import make_run
 from edgetl.train.checkpoint import load_model
 
@@ -91,13 +92,13 @@ def test_a_file_changed_after_export_is_refused_naming_it(run, photos):
     path = run / "export" / "model.torchscript.pt"
     with path.open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(VerifyFailed) as err:
+    with pytest.raises(RunDirError) as err:
         predict(run, photos[:1])
     message = str(err.value)
     assert message.startswith(f"{path}: sha256 ") and "does not match the manifest" in message
-    assert "re-export it" in message and err.value.exit_code == 1
+    assert "re-export it" in message and err.value.exit_code == 2  # a damaged export: bad input, not a bar
     result = runner.invoke(app, ["predict", str(run), str(photos[0])])
-    assert result.exit_code == 1 and "model.torchscript.pt" in result.output
+    assert result.exit_code == 2 and "model.torchscript.pt" in result.output
 
 
 def test_an_image_that_is_not_an_image_is_a_one_line_data_error(exported, photos, tmp_path):

@@ -312,7 +312,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(run_copy, tm
         assert "weights_only=True" in line
         assert not marker.exists(), f"`edgetl {args[0]}` ran code from a checkpoint"
     for protocol, why in ((2, "refused: loading it would import"),  # protocol 4's FRAME opcode is refused first:
-                          (4, "is damaged or not an edgetl checkpoint (torch.load weights_only=True: Unsupported")):
+                          (4, "(not an edgetl checkpoint: torch.load weights_only=True: Unsupported")):
         with open(run_copy / "checkpoints" / "best.pt", "wb") as f:  # a bare pickle, not torch's zip format
             pickle.dump(evil, f, protocol=protocol)
         result = runner.invoke(app, ["export", str(run_copy)])

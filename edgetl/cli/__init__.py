@@ -60,7 +60,7 @@ from edgetl.cli.options import (
     WeightsOpt,
 )
 from edgetl.cli.render import RichHooks, console, err_console, show_verify
-from edgetl.errors import EdgetlError, describe_error
+from edgetl.errors import EdgetlError, describe_error, printable
 from edgetl.pipeline import ExportRequest, TrainRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -92,13 +92,24 @@ def command(fn):
 
 
 def _error(message: str) -> None:
-    """One line on stderr; the message's own brackets (paths, labels) are text, never rich markup."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """One line on stderr; the message's own brackets and control characters (paths, labels) are text, never
+    rich markup or terminal escapes."""
+    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
+
+
+class _Printable(logging.Filter):
+    """Log lines name files and folders: their control characters are shown as escapes, never run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
 
 
 def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=err_console, show_time=False, show_path=False)
+    handler.addFilter(_Printable())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)], force=True)
+                        handlers=[handler], force=True)
 
 
 def _train_request(*, recipe: str, device: Device, epochs_scale: float | None, **overrides) -> TrainRequest:
@@ -203,25 +214,39 @@ def run(
 
 @command
 def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False) -> None:
-    """Classify images with an exported file (ONNX first) and the manifest's preprocessing only, as a device does."""
-    from edgetl.cli.tables import predict_table
-    from edgetl.predict import predict as classify
+    """Classify images with an exported file (ONNX first) and the manifest's preprocessing only, as a device does.
 
-    predictions = classify(run_dir, images, top_k=top_k)
+    An unusable image (missing, not a regular file, damaged) gets an `error:` line and exit code 2; the rest run.
+
+    --json: a list in the order given, per image its prediction, or {"image": ..., "error": reason} if unusable.
+    """
+    from edgetl.cli.tables import predict_table
+    from edgetl.predict import predict_images
+
+    result = predict_images(run_dir, images, top_k=top_k)
     if json_out:
-        typer.echo(json.dumps([asdict(p) for p in predictions], indent=2))
+        typer.echo(json.dumps([asdict(row) for row in result.rows], indent=2))
     else:
-        console.print(predict_table(predictions))
+        console.print(predict_table(result.rows))
+    for failure in result.failures:
+        _error(f"cannot read image {failure.image}: {failure.error}")
+    if result.failures:
+        raise typer.Exit(2)
 
 
 @command
 def info(run_dir: PredictRunArg) -> None:
-    """Show a run's recipe, results, artifacts and verify status."""
+    """Show a run's recipe, results, artifacts and verify status (exit 2 naming any damaged file)."""
     from edgetl.cli.tables import info_tables
     from edgetl.pipeline import describe
 
-    for table in info_tables(describe(run_dir)):
+    described = describe(run_dir)
+    for table in info_tables(described):
         console.print(table)
+    for problem in described.damaged:
+        _error(problem)
+    if described.damaged:
+        raise typer.Exit(2)
 
 
 for _command in (run, train, export, verify, predict, info, recipes):

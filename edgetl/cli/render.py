@@ -49,9 +49,9 @@ class RichTrainCallbacks:
         n = sum(trainable.values())
         note = " · cached features" if cached else ""
         groups = ", ".join(f"{g} {c:,}" for g, c in trainable.items() if c)
-        self.progress.console.print(f"phase {index + 1} [bold]{phase.name}[/]: trains {groups} ({n:,} parameters){note}",
+        self.progress.console.print(f"phase {index + 1} [bold]{tables.shown(phase.name)}[/]: trains {groups} ({n:,} parameters){note}",
                                     highlight=False)
-        self.task = self.progress.add_task(f"phase {index + 1} {phase.name}", total=steps, info=f"{n:,} trainable{note}")
+        self.task = self.progress.add_task(f"phase {index + 1} {tables.shown(phase.name)}", total=steps, info=f"{n:,} trainable{note}")
 
     def step(self) -> None:
         self.progress.advance(self.task)
@@ -79,7 +79,7 @@ class RichHooks(Hooks):
         console.print(tables.train_table(summary))
         if summary.skipped:
             err_console.print(f"[yellow]{len(summary.skipped)} unreadable file(s) skipped; see "
-                              f"{RunDir(Path(summary.run_dir)).data}")
+                              f"{tables.shown(RunDir(Path(summary.run_dir)).data)}")
 
     @contextlib.contextmanager
     def exporting(self) -> Iterator[None]:
@@ -96,7 +96,7 @@ class RichHooks(Hooks):
 
     def verified(self, result: Any) -> None:
         show_verify(result.report)
-        console.print(f"[green]✓ verify passed[/] ({len(result.checks)} checks) · {result.json_path}")
+        console.print(f"[green]✓ verify passed[/] ({len(result.checks)} checks) · {tables.shown(result.json_path)}")
 
     def note(self, message: str) -> None:
-        err_console.print(message)
+        err_console.print(tables.shown(message))

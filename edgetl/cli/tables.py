@@ -7,10 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from edgetl.errors import printable
 from edgetl.formats import FORMATS
 from edgetl.rundir import TrainSummary, VerifyReport
+
+
+def shown(value: object) -> str:
+    """A path or name from the user's files, for a markup string: escaped, control characters made visible."""
+    return escape(printable(str(value)))
 
 
 def _pct(x: float | None) -> str:
@@ -18,7 +26,7 @@ def _pct(x: float | None) -> str:
 
 
 def train_table(result: TrainSummary) -> Table:
-    table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {result.run_dir}")
+    table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {shown(result.run_dir)}")
     for col in ("phase", "epochs", "best val acc", "best val loss", "time", "gain"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for p in result.phases:
@@ -127,7 +135,7 @@ def run_table(outcome: Any) -> Table:
     train, manifest, verify, scratch = outcome.train, outcome.manifest, outcome.verify, outcome.scratch
     inputs = verify.inputs or {}
     title = (f"edgetl run · {train.backbone} · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch})"
-             f" · {outcome.seconds:.0f} s · {train.run_dir}")
+             f" · {outcome.seconds:.0f} s · {shown(train.run_dir)}")
     table = Table(title=title, caption=f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images")
     for col in ("model", "size", "accuracy", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
@@ -163,12 +171,12 @@ def _p50(latency: list[dict[str, Any]], runtime: str, threads: int) -> str:
 def info_tables(info: Any) -> list[Table]:
     """`edgetl info RUN`: the recipe at a glance, training results, artifacts, verify status."""
     recipe = info.recipe
-    head = Table(title=f"edgetl info · {info.run_dir}", show_header=False)
+    head = Table(title=f"edgetl info · {shown(info.run_dir)}", show_header=False)
     head.add_column("key", style="bold")
     head.add_column("value")
     head.add_row("backbone", f"{recipe.backbone} · weights {recipe.weights} · data {recipe.data}")
     head.add_row("phases", " → ".join(f"{p.name} ({p.train}, {p.epochs} ep)" for p in recipe.phases))
-    head.add_row("classes", ", ".join(info.labels or []))
+    head.add_row("classes", Text(printable(", ".join(info.labels or []))))
     train = info.train
     head.add_row("training", f"{info.epochs_done} epochs done" + (
         f" · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch}) · {train.seconds:.0f} s" if train else " · not finished"))
@@ -184,7 +192,7 @@ def info_tables(info: Any) -> list[Table]:
         head.add_row("verify", f"{state} · {verify.created or ''}" + (f" · ONNX p50 {gate['p50_ms']:.2f} ms" if gate else ""))
     else:
         head.add_row("verify", "not verified")
-    head.add_row("next", f"edgetl run --resume {info.run_dir}  (continues at {info.next_stage})" if info.next_stage else "all stages done")
+    head.add_row("next", f"edgetl run --resume {shown(info.run_dir)}  (continues at {info.next_stage})" if info.next_stage else "all stages done")
     return [head]
 
 
@@ -205,10 +213,15 @@ def recipes_table() -> Table:
     return table
 
 
-def predict_table(predictions: list[Any]) -> Table:
+def predict_table(rows: list[Any]) -> Table:
+    """One row per image: its prediction, or (an `edgetl.predict.Failure`) why it could not be used."""
     table = Table(title="edgetl predict")
     for col in ("image", "label", "probability", "top-k"):
         table.add_column(col, justify="right" if col == "probability" else "left")
-    for p in predictions:
-        table.add_row(p.image, p.label, f"{100 * p.probability:.1f} %", ", ".join(f"{lab} {100 * q:.0f} %" for lab, q in p.top[1:]))
+    for p in rows:
+        if hasattr(p, "error"):
+            table.add_row(Text(printable(p.image)), "—", "—", Text(printable(p.error), style="red"))
+        else:
+            table.add_row(Text(printable(p.image)), Text(printable(p.label)), f"{100 * p.probability:.1f} %",
+                          Text(printable(", ".join(f"{lab} {100 * q:.0f} %" for lab, q in p.top[1:]))))
     return table

@@ -134,14 +134,17 @@ def _swap_in(new: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_request(meta: ExportMeta, *, formats: Sequence[str], checkpoint: str) -> None:
-    """Refuse bad flags before any work (usage errors, exit code 2)."""
+def check_request(formats: Sequence[str], *, opset: int | None, batch: int | None, checkpoint: str) -> list[str]:
+    """Refuse bad flags before any work (usage errors, exit code 2); the format names, resolved."""
+    names = resolve_formats(formats)
     if checkpoint not in CHECKPOINTS:
         raise EdgetlError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(CHECKPOINTS)}")
-    if meta.batch is not None and meta.batch < 1:
-        raise EdgetlError(f"batch must be a positive size or dynamic (got {meta.batch})")
-    for name in formats:
-        FORMATS[name].check_request(meta)
+    if batch is not None and batch < 1:
+        raise EdgetlError(f"batch must be a positive size or dynamic (got {batch})")
+    request = ExportMeta(backbone="", labels=[], preprocessing={}, recipe_sha256=None, batch=batch, opset=opset)
+    for name in names:
+        FORMATS[name].check_request(request)
+    return names
 
 
 def load_run(run_dir: Path, *, checkpoint: str = "best") -> tuple[nn.Module, CheckpointMeta]:
@@ -158,7 +161,7 @@ def load_run(run_dir: Path, *, checkpoint: str = "best") -> tuple[nn.Module, Che
 
 def _check_belongs(run: RunDir, path: Path, ckpt: dict) -> None:
     """Refuse a checkpoint copied in from another run: compare it with the run's recipe and labels.json."""
-    labels = list(files.read_json(run.labels, what="labels file")) if run.labels.is_file() else list(ckpt["labels"])
+    labels = rundir.read_labels(run.labels) if run.labels.is_file() else list(ckpt["labels"])
     try:
         backbone = rundir.read_recipe(run).backbone
     except EdgetlError:
@@ -180,9 +183,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
                batch: int | None = None, checkpoint: str = "best", out: Path | None = None) -> ExportResult:
     """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export."""
     run_dir = Path(run_dir)
-    names = resolve_formats(formats)
-    request = ExportMeta(backbone="", labels=[], preprocessing={}, recipe_sha256=None, batch=batch, opset=opset)
-    _check_request(request, formats=names, checkpoint=checkpoint)
+    names = check_request(formats, opset=opset, batch=batch, checkpoint=checkpoint)
     out = Path(out) if out is not None else RunDir(run_dir).export_dir
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
     _check_replaceable(out)
@@ -206,6 +207,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
 
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+        files.make_dir_like_mkdir(tmp)
     except OSError as e:
         raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
                           f"folder you can write to") from None

@@ -3,15 +3,17 @@
     fmt = FORMATS["onnx"]; fmt.write(model, example, path, meta=meta); runner = fmt.load(path, threads=1)
 
 A format is one module (`formats/onnx.py`, `formats/torchscript.py`) that defines how to write its file from
-the deploy model, how to load and run that file (a `Runner`: float32 NCHW numpy in, logits out), and which
-precisions and optional extra it has. `export`, `verify`, `predict` and the CLI iterate over `FORMATS` and
-never branch on a format's name. Torch imports stay inside functions: `edgetl --help` must not pay for them.
+the deploy model, how to load and run that file (a `Runner`: float32 NCHW numpy in, logits out), how to read
+the labels and preprocessing the file embeds (`read_meta`), and which precisions and optional extra it has.
+`export`, `verify`, `predict` and the CLI iterate over `FORMATS` and never branch on a format's name. Torch
+imports stay inside functions: `edgetl --help` must not pay for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -84,6 +86,11 @@ class Loader(Protocol):
     def __call__(self, path: Path, *, threads: int | None = None) -> Runner: ...
 
 
+def no_meta(path: Path) -> dict[str, Any] | None:
+    """A format whose files carry no description of their own."""
+    return None
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -95,6 +102,23 @@ class Format:
     extra: str | None = None  # the `pip install edgetl[EXTRA]` its runtime needs; None: a core dependency
     gates_latency: bool = False  # its p50 is the figure `--max-latency-ms` and `--baseline` apply to
     check_request: Callable[[ExportMeta], None] = field(default=lambda meta: None)  # refuse bad flags up front
+    # The file's own description (`embedded_meta`): labels and preprocessing at least; None when it has none
+    read_meta: Callable[[Path], dict[str, Any] | None] = no_meta
+
+
+def embedded_meta(props: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A file's description with `labels` and `preprocessing` decoded from their JSON text; None when it has
+    neither (exported before edgetl embedded them). Text that is not JSON stays text, so it differs from the
+    manifest: a mismatch to report, never a crash."""
+    if "labels" not in props and "preprocessing" not in props:
+        return None
+    meta = dict(props)
+    for key in ("labels", "preprocessing"):
+        if isinstance(meta.get(key), str):
+            with contextlib.suppress(ValueError):
+                meta[key] = json.loads(meta[key])
+        meta.setdefault(key, None)
+    return meta
 
 
 def torch_runner(module: nn.Module) -> Runner:

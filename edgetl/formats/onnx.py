@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.errors import EdgetlError, ExportError
-from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature
+from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature, embedded_meta
 from edgetl.quiet import quiet
 
 if TYPE_CHECKING:
@@ -82,5 +82,13 @@ def load_onnx(path: Path, *, threads: int | None = None) -> Runner:
     return Runner(run=run, inputs=inputs, outputs=outputs)
 
 
+def read_onnx_meta(path: Path) -> dict[str, Any] | None:
+    """The file's metadata_props (what `write_onnx` put there), labels and preprocessing decoded."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return embedded_meta({p.key: p.value for p in proto.metadata_props})
+
+
 FORMAT = Format(name="onnx", file="model.onnx", write=write_onnx, load=load_onnx, runtime="onnxruntime (CPU)",
-                gates_latency=True, check_request=check_request)
+                gates_latency=True, check_request=check_request, read_meta=read_onnx_meta)

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl.formats.base import ExportMeta, Format, Runner, torch_runner
+from edgetl.formats.base import ExportMeta, Format, Runner, embedded_meta, torch_runner
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EXTRA_FILE = "edgetl.json"  # the file's own description, beside its weights
 _JIT_DEPRECATION = r"`torch\.jit\.(trace|trace_method|freeze|save)` is deprecated"
 
 
@@ -36,7 +37,7 @@ def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, me
             # check_trace re-traces to compare graphs and costs 3-5x the trace; output parity is verify's job.
             frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
         described = {**meta.describe(), "labels": meta.labels, "preprocessing": meta.preprocessing, **meta.io()}
-        torch.jit.save(frozen, str(path), _extra_files={"edgetl.json": json.dumps(described)})
+        torch.jit.save(frozen, str(path), _extra_files={EXTRA_FILE: json.dumps(described)})
     log.info("torchscript: torch.jit is deprecated in torch %s, but a frozen trace is still what LibTorch loads",
              torch.__version__)
     return {}
@@ -52,5 +53,25 @@ def load_torchscript(path: Path, *, threads: int | None = None) -> Runner:
     return torch_runner(module)
 
 
+def read_torchscript_meta(path: Path) -> dict[str, Any] | None:
+    """The file's `edgetl.json` extra file (what `write_torchscript` put there); None when it has none."""
+    import torch
+
+    extra = {EXTRA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated", as in load_torchscript
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    text = extra[EXTRA_FILE]
+    text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    if not text:
+        return None
+    try:
+        described = json.loads(text)
+    except ValueError:
+        described = None
+    # Not a JSON object: keep the text as both fields, so it differs from the manifest (a mismatch, not a crash).
+    return embedded_meta(described if isinstance(described, dict) else {"labels": text, "preprocessing": text})
+
+
 FORMAT = Format(name="torchscript", file="model.torchscript.pt", write=write_torchscript, load=load_torchscript,
-                runtime="torch.jit")
+                runtime="torch.jit", read_meta=read_torchscript_meta)

@@ -22,7 +22,7 @@ from edgetl import __version__
 from edgetl.backbones import get_backbone
 from edgetl.errors import BackboneError, CheckpointError, RunDirError, first_line
 from edgetl.files import atomic_path
-from edgetl.rundir import SCHEMA_VERSION, CheckpointMeta, read_checkpoint_meta
+from edgetl.rundir import SCHEMA_VERSION, CheckpointMeta, damaged, read_checkpoint_meta
 from edgetl.train.weights import state_dict_mismatch
 
 
@@ -53,12 +53,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                                   f"checkpoint; do not load it at all unless you trust where it came from") from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
         why = f"torch.load weights_only=True: {detail.group(1).strip()}" if detail else first_line(e, limit=160)
-        raise CheckpointError(f"checkpoint {path} is damaged or not an edgetl checkpoint ({why})") from None
+        raise damaged(path, f"not an edgetl checkpoint: {why}", error=CheckpointError) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged or not an edgetl checkpoint "
-                              f"({first_line(e, limit=160)})") from None
+        raise damaged(path, f"not an edgetl checkpoint: {first_line(e, limit=160)}", error=CheckpointError) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "backbone" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not an edgetl checkpoint (no model/backbone entries)")
+        raise damaged(path, "not an edgetl checkpoint: no model/backbone entries", error=CheckpointError)
     return ckpt
 
 

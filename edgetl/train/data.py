@@ -11,6 +11,7 @@ val accuracy is the deployed model's. Unusable files are skipped with one warnin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import random
 import socket
 import stat
 import tempfile
+import unicodedata
 import urllib.error
 import warnings
 from collections.abc import Callable
@@ -34,7 +36,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from edgetl.errors import DataError
-from edgetl.images import UnusableImageError, load_image, stat_reason
+from edgetl.images import UnusableImageError, check_resizable, load_image, stat_reason
 from edgetl.preprocessing import Preprocessing
 from edgetl.train.sample import cache_dir, ensure_sample
 
@@ -65,6 +67,7 @@ class DataBundle:
     val: ImageSet  # S = crop_size: exactly the eval transform
     split: dict[str, Any]  # JSON-able, saved as split.json; pass it back as `split=` to replay it on resume
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of every unusable file
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (val entry, identical train entry)
 
 
 def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fraction: float = 0.2,
@@ -81,6 +84,8 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
         skipped: list[tuple[str, str]] = []
     else:
         root = ensure_sample() if spec == "sample" else Path(spec).expanduser()
+        if split is not None and split.get("root") and spec != "sample":
+            root = Path(split["root"])  # a resume reads the folder the run started on, whatever the cwd now
         source = FileSource(root)
         classes, train, val, skipped, split = _list_folder(root, seed=seed, val_fraction=val_fraction,
                                                            subset=subset, split=split, source=spec)
@@ -97,7 +102,14 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
         split["train"] = [e for e in train if source.path(e[0]) not in bad]
         split["val"] = [e for e in val if source.path(e[0]) not in bad]
     _check_usable(classes, train_set, val_set, where=str(split["source"]))
-    return DataBundle(classes=classes, train=train_set, val=val_set, split=split, skipped=skipped + failed)
+    duplicates = same_content(source.root, split["train"], split["val"]) if isinstance(source, FileSource) else []
+    if duplicates:
+        val_entry, train_entry = duplicates[0]
+        log.warning("%s: %d val image(s) are byte-identical copies of train images (e.g. %s = %s): val accuracy "
+                    "counts images the model trained on — remove the copies from one side", split["source"],
+                    len(duplicates), val_entry, train_entry)
+    return DataBundle(classes=classes, train=train_set, val=val_set, split=split, skipped=skipped + failed,
+                      duplicates=duplicates)
 
 
 def augment_batch(images: torch.Tensor, *, crop_size: int, generator: torch.Generator,
@@ -158,6 +170,9 @@ def _list_folder(root: Path, *, seed: int, val_fraction: float, subset: int | No
     skipped: list[tuple[str, str]] = []
     if split is not None:  # a resume: the saved lists, not a new listing
         classes = list(split.get("classes") or sorted({c for _, c in split["train"]}))
+        if split.get("fingerprint") not in (None, fingerprint(root, split["train"] + split["val"])):
+            log.warning("%s: images the run trains on changed since it started (modified, replaced or removed); "
+                        "the resumed run uses them as they are now", root)
         return classes, split["train"], split["val"], skipped, dict(split)
     presplit = (root / "train").is_dir() and (root / "val").is_dir()
     if presplit:
@@ -180,8 +195,38 @@ def _list_folder(root: Path, *, seed: int, val_fraction: float, subset: int | No
         val = [val[i] for i in _stratified_first([c for _, c in val], max(len(classes), subset // 5))]
     split = {"source": source, "root": str(root.resolve()), "layout": "train/val" if presplit else "split",
              "seed": seed, "val_fraction": None if presplit else val_fraction, "subset": subset,
-             "classes": classes, "train": train, "val": val}
+             "classes": classes, "train": train, "val": val, "fingerprint": fingerprint(root, train + val)}
     return classes, train, val, skipped, split
+
+
+def fingerprint(root: Path, entries: list[Entry]) -> str:
+    """A digest of the listed files' sizes and modification times: a resume warns when it changed."""
+    h = hashlib.sha256()
+    for entry, _ in entries:
+        try:
+            info = os.stat(root / entry)
+            h.update(f"{entry}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{entry}\tgone\n".encode())
+    return h.hexdigest()
+
+
+def same_content(root: Path, train: list[Entry], val: list[Entry]) -> list[tuple[str, str]]:
+    """(val entry, train entry) pairs whose files are byte-identical: val accuracy would count memorised images.
+
+    By content, not name: a photo copied into two class folders or both splits has different names."""
+    def digest(entry: str) -> str | None:
+        try:
+            with open(root / entry, "rb") as f:
+                return hashlib.file_digest(f, "blake2b").hexdigest()
+        except OSError:
+            return None  # decoding reports it
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        train_digests = dict(zip(pool.map(digest, [e for e, _ in train]), (e for e, _ in train)))
+        val_digests = list(zip(pool.map(digest, [e for e, _ in val]), (e for e, _ in val)))
+    train_digests.pop(None, None)
+    return [(entry, train_digests[d]) for d, entry in val_digests if d in train_digests]
 
 
 def _list_classes(folder: Path) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
@@ -189,7 +234,11 @@ def _list_classes(folder: Path) -> tuple[dict[str, list[str]], list[tuple[str, s
     files: dict[str, list[str]] = {}
     skipped: list[tuple[str, str]] = []
     loose = 0
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot list the data folder {folder} ({e.strerror}) — check it exists and is readable") from None
+    for entry in entries:
         if _ignored(entry.name):
             continue
         if entry.is_dir():
@@ -271,6 +320,14 @@ def _stratified_first(labels: list[str], n: int) -> list[int]:
 
 
 def _check_classes(files: dict[str, list[str]], *, where: Path) -> list[str]:
+    seen: dict[str, str] = {}
+    for name in sorted(files):
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            raise DataError(f"{where}: class folders {seen[key]!r} and {name!r} differ only by case or Unicode "
+                            f"normalisation — one class on macOS and Windows, two look-alike labels on a device: "
+                            f"merge them or rename one")
+        seen[key] = name
     if len(files) < 2:
         found = f" ({', '.join(files)})" if files else ""
         raise DataError(f"{where}: found {len(files)} class folder(s){found}, need at least 2 — put each class's "
@@ -331,6 +388,7 @@ class ArraySource:
 def _transform(img: Image.Image, preprocessing: Preprocessing, *, train: bool) -> torch.Tensor:
     """The eval transform on PIL (val), or its resize_size square (train, augmented later), as uint8 CHW."""
     size = preprocessing.resize_size
+    check_resizable(img.size, size)
     img = F.resize(img, [size], interpolation=InterpolationMode(preprocessing.interpolation), antialias=True)
     crop = size if train else preprocessing.crop_size
     return F.pil_to_tensor(F.center_crop(img, [crop, crop]))

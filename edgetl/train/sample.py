@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edgetl import files
 from edgetl.errors import DataError
 
 SHAPES = ("circle", "cross", "ring", "square", "star", "triangle")  # sorted: targets follow this order
@@ -42,6 +43,7 @@ def ensure_sample(root: Path | None = None) -> Path:
         # A hidden temp folder beside the target, renamed at the end: a crash or a concurrent run never
         # leaves a half-written dataset behind that a later call would take for complete.
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        files.make_dir_like_mkdir(tmp)
     except OSError as e:
         raise DataError(f"cannot write the sample data into {root.parent} ({e.strerror}) — set EDGETL_CACHE "
                         f"to a writable folder") from None

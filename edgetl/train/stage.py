@@ -26,7 +26,7 @@ from torch import nn
 
 from edgetl import files, rundir
 from edgetl.backbones import Backbone, get_backbone
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, RunDirError
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe
 from edgetl.rundir import PhaseSummary, RunDir, TrainSummary
@@ -115,8 +115,8 @@ def check_out(run: RunDir, *, data: str) -> None:
     """A run writes only into a new or empty folder, or one of its own: never over a user's files, and never
     inside the data folder (curves.png in a class folder would be trained on next time)."""
     root = run.root
-    if root.is_dir() and any(root.iterdir()) and not run.recipe.is_file():
-        names = sorted(p.name for p in root.iterdir())
+    names = sorted(p.name for p in root.iterdir() if p.name != files.LOCK_NAME) if root.is_dir() else []
+    if names and not run.recipe.is_file():
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
         raise EdgetlError(f"--out {root} holds files that are not an edgetl run ({shown}); training would overwrite "
                           f"them — pass --out a new or empty folder")
@@ -143,7 +143,8 @@ def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Cal
     files.write_json(run.labels, prep.data.classes)
     files.write_json(run.preprocessing, prep.preprocessing.to_dict())
     files.write_json(run.split, prep.data.split)
-    files.write_json(run.data, {"skipped": [list(s) for s in prep.data.skipped], "weights": prep.weights})
+    files.write_json(run.data, {"skipped": [list(s) for s in prep.data.skipped], "weights": prep.weights,
+                                "duplicates": [list(d) for d in prep.data.duplicates]})
     return _fit(recipe, prep, run=run, callbacks=callbacks, resume=None, started=started)
 
 
@@ -152,13 +153,24 @@ def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None =
     started = time.perf_counter()
     callbacks = callbacks or Callbacks()
     run = RunDir(run_dir)
-    ckpt = load_checkpoint(run.checkpoint("last"))
     recipe = rundir.read_recipe(run)
-    split = files.read_json(run.split, what="split")
+    ckpt = load_checkpoint(run.checkpoint("last"))
+    split = rundir.read_split(run.split)
+    classes = split["classes"] or sorted({c for _, c in split["train"]})  # what the data loader replays
+    check_belongs(ckpt, backbone=recipe.backbone, labels=classes, source=run.checkpoint("last"))
+    check_same_recipe(recipe, ckpt, run=run)
     prep = prepare_run(recipe, device=device, callbacks=callbacks, split=split)
-    check_belongs(ckpt, backbone=recipe.backbone, labels=prep.data.classes, source=run.checkpoint("last"))
     prep.model.load_state_dict(ckpt["model"])
     return _fit(recipe, prep, run=run, callbacks=callbacks, resume=TrainState.from_checkpoint(ckpt), started=started)
+
+
+def check_same_recipe(recipe: Recipe, ckpt: dict[str, Any], *, run: RunDir) -> None:
+    """A resume continues the recipe the run started with, or refuses: never a silently different run."""
+    saved = ckpt.get("recipe_sha256")
+    if saved and saved != recipe.digest():
+        raise RunDirError(f"{run.recipe} changed since the run started (its sha256 is {recipe.digest()[:12]}…, "
+                          f"the checkpoint's {saved[:12]}…): a resume must continue the same recipe — restore it, "
+                          f"or start a new run: edgetl train --recipe {run.recipe} --out NEW_FOLDER")
 
 
 class TrainingInterrupted(EdgetlError):

@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image
 
 from edgetl.errors import DataError
-from edgetl.files import read_json
 from edgetl.images import UnusableImageError
 from edgetl.preprocessing import Preprocessing, preprocess_image
-from edgetl.rundir import RunDir
+from edgetl.rundir import RunDir, read_split
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def _split_entries(run_dir: Path, warnings: list[str]) -> tuple[list[tuple[Sourc
     if not path.is_file():
         _warn(warnings, f"{path} not found: no validation images to check with")
         return [], {"source": "split"}
-    split = read_json(path, what="split file")
+    split = read_split(path)
     source, val = str(split.get("source")), split.get("val") or []
     info: dict[str, Any] = {"source": "split", "dataset": source}
     if source.lower() in ("cifar10", "cifar100"):

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -32,7 +33,7 @@ import torch
 
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Runner, torch_runner
-from edgetl.rundir import ArtifactEntry, VerifyReport
+from edgetl.rundir import ArtifactEntry, VerifyReport, damaged
 from edgetl.verify.gate import Gate
 
 MEMORY_METHOD = "psutil RSS growth, sampled after creating the runner and after the timed calls"
@@ -248,7 +249,10 @@ def check_regression(now: dict[str, Any], gate: Gate, *, old: VerifyReport, base
     elif [then.get(k) for k in ("file", "batch", "threads")] != [now[k] for k in ("file", "batch", "threads")]:
         reason = f"baseline {baseline} timed another setting ({then or 'no ONNX latency'})"
     else:
-        change = now["p50_ms"] / then["p50_ms"] - 1
+        p50 = then.get("p50_ms")
+        if not (isinstance(p50, (int, float)) and math.isfinite(p50) and p50 > 0):
+            raise damaged(baseline or "baseline", f"gate.p50_ms is {p50!r}, not a time in ms")
+        change = now["p50_ms"] / p50 - 1
         ok = gate.check(now["file"], "regression", "p50 change vs baseline", change, "<=", max_regression,
                         unit="+%", detail=f"{now['p50_ms']:.3g} ms now, {then['p50_ms']:.3g} ms in {baseline}")
         return {**result, "status": "checked", "passed": ok, "baseline_p50_ms": then["p50_ms"],

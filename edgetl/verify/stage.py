@@ -189,7 +189,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         exported = getattr(manifest.run, key)
         if exported is not None:  # the reference must be the checkpoint the export was made from
             gate.check(name, "integrity", key, value, "==", exported, detail=fix)
-    check_meaning(manifest, meta, gate)
+    check_meaning(manifest, meta, gate, export_dir=run.export_dir, warn=lambda message: _warn(report, message))
     reference = torch_runner(model)
     progress("inputs")
     inputs = gather_inputs(run.root, labels=manifest.labels, preprocessing=manifest.preprocessing,
@@ -219,9 +219,11 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     return runnable, checkpoint
 
 
-def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate) -> None:
+def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, export_dir: Path,
+                  warn: Callable[[str], None]) -> None:
     """What a device reads from the manifest must be what the model was trained with: labels in order, the
-    preprocessing, the input and output shapes. Hashes prove the bytes; these prove the meaning."""
+    preprocessing, the input and output shapes; and what each file says of itself must be the manifest's.
+    Hashes prove the bytes; these prove the meaning."""
     fix = "the manifest was edited after export; re-run `edgetl export`"
     gate.check("manifest.json", "meaning", "labels", manifest.labels, "==", meta.labels, detail=fix)
     gate.check("manifest.json", "meaning", "output size", manifest.output.shape[-1], "==", len(meta.labels),
@@ -230,6 +232,26 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate) -> None:
                meta.preprocessing.to_dict(), detail=fix)
     crop = meta.preprocessing.crop_size
     gate.check("manifest.json", "meaning", "input shape", manifest.input.shape[1:], "==", [3, crop, crop], detail=fix)
+    for artifact in manifest.artifacts:
+        path = export_dir / artifact.file
+        fmt = FORMATS.get(artifact.format)
+        if fmt is None or not path.resolve().is_relative_to(export_dir.resolve()) or not path.is_file():
+            continue  # integrity reports these; never open a file outside the export
+        try:
+            embedded = fmt.read_meta(path)
+        except Exception as e:  # noqa: BLE001 — a file that cannot be read fails its load check, once
+            warn(f"{artifact.file}: cannot read its embedded labels and preprocessing ({describe_error(e)})")
+            continue
+        if embedded is None:
+            warn(f"{artifact.file} carries no labels or preprocessing of its own (exported by an older edgetl); "
+                 f"only the manifest's were checked")
+            continue
+        edited = "the file's own metadata differs from the manifest: one was edited after export; " \
+                 "re-run `edgetl export`"
+        gate.check(artifact.file, "meaning", "embedded labels", embedded["labels"], "==", manifest.labels,
+                   detail=edited)
+        gate.check(artifact.file, "meaning", "embedded preprocessing", embedded["preprocessing"], "==",
+                   manifest.preprocessing.to_dict(), detail=edited)
 
 
 def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntry], checkpoint: Path,

@@ -28,10 +28,11 @@ from edgetl.backbones import BACKBONES
 from edgetl.cli import app
 from edgetl.errors import ExportError
 from edgetl.export.stage import export_run
-from edgetl.files import read_json, write_json
+from edgetl.files import write_json
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Format
 from edgetl.preprocessing import Preprocessing, preprocess_batch
+from edgetl.rundir import read_json
 from edgetl.testing import make_run
 from edgetl.train.checkpoint import load_model
 from edgetl.verify.inputs import gather_inputs
@@ -262,7 +263,7 @@ def _other_class_count(run: Path) -> None:
 @pytest.mark.parametrize("damage, message", [
     ("missing", "run directory .* not found"),
     ("no checkpoint", r"best\.pt not found — train first"),
-    ("corrupt", r"best\.pt is damaged or not an edgetl checkpoint"),
+    ("corrupt", r"damaged: .*best\.pt \(not an edgetl checkpoint"),
     ("other backbone", "weights do not fit resnet18 with 3 classes"),
     ("other class count", "weights do not fit mobilenet_v3_small with 5 classes"),
     ("user folder as --out", "is not an edgetl export"),

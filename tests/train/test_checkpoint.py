@@ -86,7 +86,7 @@ def test_a_damaged_file_is_a_one_line_checkpoint_error_naming_it(best, tmp_path,
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     message = str(err.value)
-    assert message.startswith(f"checkpoint {path} is damaged or not an edgetl checkpoint (")
+    assert message.startswith(f"damaged: {path} (not an edgetl checkpoint: ")
     assert "\n" not in message and len(message) < 400
 
 
@@ -96,7 +96,8 @@ def test_a_missing_file_or_a_foreign_torch_file_is_named(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "foreign.pt")
-    assert str(err.value) == f"checkpoint {tmp_path / 'foreign.pt'} is not an edgetl checkpoint (no model/backbone entries)"
+    assert str(err.value) == (f"damaged: {tmp_path / 'foreign.pt'} (not an edgetl checkpoint: no model/backbone entries); "
+                              f"re-run `edgetl train`")
 
 
 def test_weights_of_another_class_count_do_not_fit_and_say_what_differs():
@@ -140,5 +141,5 @@ def test_metadata_without_labels_is_a_checkpoint_error_naming_the_field(best):
     with pytest.raises(CheckpointError) as err:
         checkpoint_meta(ckpt, source=best)
     message = str(err.value)
-    assert message.startswith(f"{best}: the checkpoint metadata is damaged: labels: ")
+    assert message.startswith(f"damaged: {best} (labels: ")
     assert "\n" not in message

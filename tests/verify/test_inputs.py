@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from edgetl.errors import DataError
-from edgetl.files import read_json, write_json
+from edgetl.files import write_json
 from edgetl.preprocessing import Preprocessing, preprocess_image
-from edgetl.rundir import RunDir
+from edgetl.rundir import RunDir, read_json
 from edgetl.testing import make_run
 from edgetl.verify.inputs import RANDOM_INPUTS, gather_inputs
 

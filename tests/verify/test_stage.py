@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from edgetl.cli import app
 from edgetl.export.stage import export_run
-from edgetl.files import read_json, write_json
+from edgetl.files import write_json
+from edgetl.rundir import read_json
 from edgetl.testing import make_run
 
 FAST = ["--latency-seconds", "0.02"]  # the timing loop still runs, briefly: at most 0.06 s per setting
@@ -87,7 +88,7 @@ def test_verify_json_has_the_promised_keys(verified):
     assert list(report["checks"][0]) == ["artifact", "kind", "measure", "value", "op", "bar", "passed", "unit",
                                          "detail"]
     kinds = [c["kind"] for c in report["checks"] if c["artifact"] == "model.onnx"]
-    assert kinds == sorted(kinds, key=["integrity", "load", "names", "shapes", "values"].index)
+    assert kinds == sorted(kinds, key=["integrity", "meaning", "load", "names", "shapes", "values"].index)
     rows = report["latency"]
     assert {r["runtime"] for r in rows} == {"eager", "onnx", "torchscript"}
     for row in rows:

@@ -1,0 +1,139 @@
+"""Every exported file describes itself (labels, preprocessing); `verify` fails a file whose description is not
+the manifest's, and only warns about a file that has none (exported by an older edgetl)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgetl.cli import app
+from edgetl.export import export_run
+from edgetl.files import sha256_file
+from edgetl.formats import FORMATS
+
+FAST = ["--latency-seconds", "0.01", "--threads", "1", "--samples", "4"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from edgetl.testing import make_run
+
+    run = make_run(tmp_path_factory.mktemp("embedded"), backbone="mobilenet_v3_small", image_size=32)
+    export_run(run, formats=["onnx", "torchscript"])
+    return run
+
+
+@pytest.fixture
+def run_copy(exported, tmp_path):
+    return shutil.copytree(exported, tmp_path / "run")
+
+
+def manifest_of(run) -> dict:
+    return json.loads((run / "export" / "manifest.json").read_text())
+
+
+def rehash(run, file):
+    """The manifest's bytes and sha256 for `file` as it is now: only its meaning differs from the export."""
+    manifest, path = manifest_of(run), run / "export" / file
+    entry = next(a for a in manifest["artifacts"] if a["file"] == file)
+    entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    (run / "export" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rewrite_onnx(run, change):
+    """Re-save model.onnx with `change` applied to its metadata_props (a dict of strings)."""
+    path = run / "export" / "model.onnx"
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    change(props)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save_model(proto, str(path))
+    rehash(run, "model.onnx")
+
+
+def rewrite_torchscript(run, text):
+    """Re-save model.torchscript.pt with `text(described)` as its edgetl.json (None: no extra file at all)."""
+    path = run / "export" / "model.torchscript.pt"
+    extra = {"edgetl.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), _extra_files=extra)
+        new = text(json.loads(extra["edgetl.json"]))
+        torch.jit.save(module, str(path), _extra_files={} if new is None else {"edgetl.json": new})
+    rehash(run, "model.torchscript.pt")
+
+
+def embedded_checks(run) -> dict[tuple[str, str], bool]:
+    report = json.loads((run / "verify.json").read_text())
+    return {(c["artifact"], c["measure"]): c["passed"] for c in report["checks"] if c["measure"].startswith("embedded")}
+
+
+def test_every_format_reads_back_the_manifests_labels_and_preprocessing(exported):
+    manifest = manifest_of(exported)
+    for artifact in manifest["artifacts"]:
+        meta = FORMATS[artifact["format"]].read_meta(exported / "export" / artifact["file"])
+        assert meta["labels"] == manifest["labels"], artifact["file"]
+        assert meta["preprocessing"] == manifest["preprocessing"], artifact["file"]
+        assert meta["backbone"] == "mobilenet_v3_small"
+
+
+def test_a_correct_export_passes_the_embedded_checks(run_copy):
+    result = invoke("verify", run_copy, *FAST)
+    assert result.exit_code == 0, result.output
+    assert embedded_checks(run_copy) == {(f, m): True for f in ("model.onnx", "model.torchscript.pt")
+                                         for m in ("embedded labels", "embedded preprocessing")}
+
+
+def swap_first_two(labels: list[str]) -> list[str]:
+    return [labels[1], labels[0], *labels[2:]]
+
+
+@pytest.mark.parametrize("change, measure", [
+    (lambda p: p.update(labels=json.dumps(swap_first_two(json.loads(p["labels"])))), "embedded labels"),
+    (lambda p: p.update(preprocessing=json.dumps({**json.loads(p["preprocessing"]), "mean": [0.5] * 3})),
+     "embedded preprocessing"),
+    (lambda p: p.update(labels="[not json"), "embedded labels"),  # unparseable: a mismatch, not a crash
+])
+def test_verify_fails_an_onnx_file_whose_metadata_is_not_the_manifests(run_copy, change, measure):
+    rewrite_onnx(run_copy, change)
+    result = invoke("verify", run_copy, *FAST)
+    assert result.exit_code == 1, result.output
+    assert f"model.onnx: {measure}" in result.output and "Traceback" not in result.output
+    assert embedded_checks(run_copy)[("model.onnx", measure)] is False
+
+
+@pytest.mark.parametrize("text, measure", [
+    (lambda d: json.dumps({**d, "labels": swap_first_two(d["labels"])}), "embedded labels"),
+    (lambda d: json.dumps({**d, "preprocessing": {**d["preprocessing"], "crop_size": 64}}), "embedded preprocessing"),
+    (lambda d: "{not json", "embedded labels"),
+])
+def test_verify_fails_a_torchscript_file_whose_metadata_is_not_the_manifests(run_copy, text, measure):
+    rewrite_torchscript(run_copy, text)
+    result = invoke("verify", run_copy, *FAST)
+    assert result.exit_code == 1, result.output
+    assert f"model.torchscript.pt: {measure}" in result.output and "Traceback" not in result.output
+    assert embedded_checks(run_copy)[("model.torchscript.pt", measure)] is False
+
+
+def test_a_file_without_metadata_is_a_warning_not_a_failure(run_copy):
+    rewrite_onnx(run_copy, lambda p: p.clear())
+    rewrite_torchscript(run_copy, lambda d: None)
+    assert FORMATS["onnx"].read_meta(run_copy / "export" / "model.onnx") is None
+    assert FORMATS["torchscript"].read_meta(run_copy / "export" / "model.torchscript.pt") is None
+    result = invoke("verify", run_copy, *FAST)
+    assert result.exit_code == 0, result.output
+    warned = json.loads((run_copy / "verify.json").read_text())["warnings"]
+    for file in ("model.onnx", "model.torchscript.pt"):
+        assert any(w.startswith(f"{file} carries no labels or preprocessing") for w in warned), warned
+    assert embedded_checks(run_copy) == {}
