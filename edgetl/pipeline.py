@@ -40,6 +40,21 @@ class ExportRequest:
     batch: int | None = None
     checkpoint: str = "best"
     out: Path | None = None
+    precisions: tuple[str, ...] | None = None  # None: the run recipe's [export] precisions, else fp32
+    calibration: str | None = None  # None: the recipe's, else minmax
+
+    def plan(self, run_dir: Path) -> tuple[tuple[str, ...], Any]:
+        """The precisions and INT8 plan: flags first, then the run's recipe [export] table, then defaults."""
+        from edgetl.export.precision import QuantPlan
+
+        try:
+            section = rundir.read_recipe(RunDir(run_dir)).export
+        except RunDirError:
+            section = None  # a bare checkpoint folder: defaults
+        precisions = self.precisions or (tuple(section.precisions) if section else ("fp32",))
+        plan = QuantPlan(method=self.calibration or (section.calibration if section else "minmax"),
+                         **({"calibration_images": section.calibration_images} if section else {}))
+        return precisions, plan
 
 
 class Hooks:
@@ -104,14 +119,17 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
 
 def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hooks: Hooks | None = None) -> Any:
     from edgetl.export import export_run
+    from edgetl.export.precision import check_precisions
     from edgetl.export.stage import check_request
 
     hooks = hooks or Hooks()
-    check_request(request.formats, opset=request.opset, batch=request.batch, checkpoint=request.checkpoint)
+    names = check_request(request.formats, opset=request.opset, batch=request.batch, checkpoint=request.checkpoint)
+    check_precisions(names, list(request.precisions or ()))  # flags first, then the run
     require_run(run_dir, recipe=False)  # a bare checkpoint folder exports: the checkpoint describes itself
+    precisions, plan = request.plan(run_dir)
     with files.locked(run_dir), hooks.exporting():
         result = export_run(run_dir, formats=request.formats, opset=request.opset, batch=request.batch,
-                            checkpoint=request.checkpoint, out=request.out)
+                            checkpoint=request.checkpoint, out=request.out, precisions=precisions, plan=plan)
     hooks.exported(result)
     return result
 

@@ -67,13 +67,20 @@ def find_export(path: Path) -> Path:
     raise RunDirError(f"no export/manifest.json under {path} — run `edgetl export {path}` first")
 
 
-def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None) -> Runner:
-    """The first listed artifact with a runtime here, loaded once its sha256 matches the manifest; the runner
-    refuses logits whose size is not the manifest's label count."""
+def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None,
+                  precision: str | None = None) -> Runner:
+    """The first listed artifact with a runtime here (of `precision`, when given), loaded once its sha256
+    matches the manifest; the runner refuses logits whose size is not the manifest's label count."""
     runnable = [a for a in manifest.artifacts if a.format in FORMATS]
     if not runnable:
         raise RunDirError(f"{export_dir / 'manifest.json'} lists no file edgetl can run (known formats: "
                           f"{', '.join(FORMATS)}) — run `edgetl export`")
+    if precision is not None:
+        listed = sorted({a.precision for a in runnable})
+        runnable = [a for a in runnable if a.precision == precision]
+        if not runnable:
+            raise RunDirError(f"{export_dir / 'manifest.json'} lists no {precision} file (it has: "
+                              f"{', '.join(listed)}) — export one with `edgetl export RUN --precision {precision}`")
     artifact = runnable[0]
     path = export_dir / artifact.file
     if not path.is_file():
@@ -112,13 +119,13 @@ def _check_output_size(path: Path, size: int, manifest: Manifest) -> None:
 
 
 def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
-                   threads: int | None = None) -> PredictResult:
+                   threads: int | None = None, precision: str | None = None) -> PredictResult:
     """Every image's prediction, or the reason it cannot be used, in the order given."""
     if not images:
         raise DataError("no image given — pass one or more image files")
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")
-    runner = load_artifact(export_dir, manifest, threads=threads)
+    runner = load_artifact(export_dir, manifest, threads=threads, precision=precision)
     fixed = manifest.input.shape[0] if isinstance(manifest.input.shape[0], int) else None
     size = fixed or PREDICT_BATCH
     k = max(1, min(top_k, len(manifest.labels)))

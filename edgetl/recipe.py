@@ -105,6 +105,17 @@ class LoraSection(_Strict):
     train_norms: bool = True  # norms of trainable groups train too (when the phase's bn policy is "train")
 
 
+ADDED_SECTIONS = ("export",)
+
+
+class ExportSection(_Strict):
+    """What `edgetl run` exports (`edgetl export` flags override it): precisions and INT8 calibration."""
+
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_images: int = Field(200, ge=1, le=10_000)  # train images, a seeded draw over classes
+
+
 class Recipe(_Strict):
     backbone: str
     weights: str = "imagenet"  # imagenet | none | a path to a state dict
@@ -119,6 +130,7 @@ class Recipe(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0, lt=2**63)  # torch generators take int64
     lora: LoraSection | None = None
+    export: ExportSection | None = None
     phases: list[Phase] = Field(min_length=1)
 
     @field_validator("backbone")
@@ -151,8 +163,10 @@ class Recipe(_Strict):
         return tomli_w.dumps(self.model_dump(exclude_none=True))
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON form: the recipe hash the manifest carries."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical JSON form: the recipe hash the manifest carries. A section added after
+        0.1 is left out while unset, so runs written before it existed keep their hash (and resume)."""
+        unset = {key for key in ADDED_SECTIONS if getattr(self, key) is None}
+        return hashlib.sha256(json.dumps(self.model_dump(exclude=unset), sort_keys=True).encode()).hexdigest()
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

@@ -162,12 +162,15 @@ class ArtifactEntry(_Schema):
     precision: str = "fp32"
     opset: int | None = None  # formats without opsets leave it out of the file
     seconds: float = 0.0
+    # fp16 / int8 files: how they were made (scheme, calibration, excluded nodes) and the guard's figures
+    quantization: dict[str, Any] | None = None
 
     @model_serializer(mode="wrap")
-    def _without_empty_opset(self, handler: Any) -> dict[str, Any]:
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        if data.get("opset") is None:
-            data.pop("opset", None)
+        for key in ("opset", "quantization"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 
@@ -206,6 +209,7 @@ class VerifyReport(_Versioned):
     latency: list[dict[str, Any]] = []  # edgetl.verify.latency.Timing rows
     gate: dict[str, Any] | None = None
     regression: dict[str, Any] | None = None
+    go_no_go: list[dict[str, Any]] = []  # per fp16 / int8 file: edgetl.verify.decide
     settings: dict[str, Any] = {}
     machine: dict[str, Any] = {}
     versions: dict[str, str | None] = {}

@@ -22,6 +22,7 @@ from edgetl.cli.options import (
     AtolOpt,
     BaselineOpt,
     BatchOpt,
+    CalibrationOpt,
     Checkpoint,
     CheckpointOpt,
     CompareScratchOpt,
@@ -44,7 +45,9 @@ from edgetl.cli.options import (
     MinTop1Opt,
     OpsetOpt,
     OutOpt,
+    PrecisionOpt,
     PredictJsonOpt,
+    PredictPrecisionOpt,
     PredictRunArg,
     RecipeOpt,
     ResumeOpt,
@@ -124,6 +127,10 @@ def _verify_settings(*, latency_seconds: float, threads: list[int] | None = None
                           timing=TimingPlan(seconds=latency_seconds, max_seconds=3 * latency_seconds))
 
 
+def _values(choices: list | None) -> tuple[str, ...] | None:
+    return tuple(c.value for c in choices) if choices else None
+
+
 def _shown_on_failure(call):
     """Run a call that may end in ChecksFailed: the report's tables are shown before the one-line error."""
     from edgetl.verify import ChecksFailed
@@ -178,13 +185,15 @@ def verify(
 @command
 def export(
     run_dir: ExportRunArg, format: FormatOpt = FormatChoice.all, opset: OpsetOpt = None, batch: ExportBatchOpt = None,
-    checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, verbose: VerboseOpt = False,
+    checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, precision: PrecisionOpt = None,
+    calibration: CalibrationOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Fold BatchNorm (and LoRA), write ONNX and TorchScript and a manifest into RUN/export."""
+    """Fold BatchNorm (and LoRA), write ONNX and TorchScript (and fp16 / INT8 ONNX) and a manifest into RUN/export."""
     from edgetl.pipeline import export_stage
 
     _setup_logging(verbose)
-    request = ExportRequest(formats=(format.value,), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out)
+    request = ExportRequest(formats=(format.value,), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out,
+                            precisions=_values(precision), calibration=calibration.value if calibration else None)
     export_stage(run_dir, request, hooks=RichHooks())
 
 
@@ -195,7 +204,8 @@ def run(
     lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = FormatChoice.all,
     opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = 32, atol: AtolOpt = None,
     min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
-    compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, verbose: VerboseOpt = False,
+    compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, precision: PrecisionOpt = None,
+    calibration: CalibrationOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage."""
     from edgetl.cli.tables import run_table
@@ -207,13 +217,16 @@ def run(
     settings = _verify_settings(samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
                                 latency_seconds=latency_seconds)
     outcome = _shown_on_failure(lambda: run_pipeline(
-        request, out=out, resume=resume, export=ExportRequest(formats=(format.value,), opset=opset, batch=batch),
+        request, out=out, resume=resume,
+        export=ExportRequest(formats=(format.value,), opset=opset, batch=batch, precisions=_values(precision),
+                             calibration=calibration.value if calibration else None),
         verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
     console.print(run_table(outcome))
 
 
 @command
-def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False) -> None:
+def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False,
+            precision: PredictPrecisionOpt = None) -> None:
     """Classify images with an exported file (ONNX first) and the manifest's preprocessing only, as a device does.
 
     An unusable image (missing, not a regular file, damaged) gets an `error:` line and exit code 2; the rest run.
@@ -223,7 +236,7 @@ def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_
     from edgetl.cli.tables import predict_table
     from edgetl.predict import predict_images
 
-    result = predict_images(run_dir, images, top_k=top_k)
+    result = predict_images(run_dir, images, top_k=top_k, precision=precision.value if precision else None)
     if json_out:
         typer.echo(json.dumps([asdict(row) for row in result.rows], indent=2))
     else:

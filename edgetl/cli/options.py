@@ -27,6 +27,18 @@ class Device(str, Enum):
 FormatChoice = Enum("FormatChoice", {name: name for name in (*FORMATS, "all")}, type=str)
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Calibration(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
 class Checkpoint(str, Enum):
     best = "best"
     last = "last"
@@ -67,6 +79,9 @@ ThreadsOpt = Annotated[Optional[list[int]], typer.Option("--threads", help="Thre
 LatencySecondsOpt = Annotated[float, typer.Option("--latency-seconds", help="Time each latency setting at least this long (capped at 3x).")]
 ExportRunArg = Annotated[Path, typer.Argument(help="Run directory, trained (`edgetl train`).")]
 FormatOpt = Annotated[FormatChoice, typer.Option("--format", "-f", help="What to write.")]
+PrecisionOpt = Annotated[Optional[list[Precision]], typer.Option("--precision", "-p", help="fp32 | fp16 | int8, repeatable; each its own file beside the fp32 one (default: the recipe's [export] precisions, else fp32).")]
+CalibrationOpt = Annotated[Optional[Calibration], typer.Option("--calibration", help="INT8 calibration method (default: the recipe's, else minmax).")]
+PredictPrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", "-p", help="Use the file of this precision (default: the first listed, fp32).")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's own, 20 on torch 2.14).")]
 ExportBatchOpt = Annotated[Optional[int], typer.Option("--batch", parser=_batch_size, metavar="dynamic|N", help="Batch dimension: `dynamic`, or fixed to N.")]
 CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Which checkpoint to export.")]

@@ -65,6 +65,8 @@ def show_verify(report: Any) -> None:
     console.print(tables.parity_table(report))
     if report.latency:
         console.print(tables.latency_table(report))
+    if report.go_no_go:
+        console.print(tables.go_no_go_table(report))
 
 
 class RichHooks(Hooks):

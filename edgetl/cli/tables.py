@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -87,16 +88,33 @@ def latency_table(report: VerifyReport) -> Table:
                         f"onnxruntime {m.get('onnxruntime')} · machine {m.get('id')}",
                   caption=f"{timing.get('clock', '')}; memory: {timing.get('memory_method', '')}\n"
                           f"ISA: {' '.join(m.get('isa', [])) or '—'}\n{_gate_line(report)}")
-    for col in ("runtime", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs eager", "cold start",
-                "first call", "RSS Δ", "file", "iters"):
-        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for col in ("file", "runtime", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs eager",
+                "cold start", "first call", "RSS Δ", "size", "iters"):
+        table.add_column(col, justify="left" if col in ("file", "runtime") else "right")
     gate = report.gate or {}
     for r in report.latency:
-        is_gate = gate and all(r[k] == gate[k] for k in ("runtime", "batch", "threads"))
-        table.add_row(r["runtime"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+        is_gate = gate and all(r[k] == gate[k] for k in ("file", "batch", "threads"))
+        table.add_row(Text(printable(Path(r["file"] or "").name)), r["runtime"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['speedup_vs_eager']:.2f}×",
                       f"{r['cold_start_ms']:.0f} ms", f"{r['first_call_ms']:.1f} ms", f"{r['rss_delta_mb']:.0f} MiB",
                       _size(r["file_bytes"]), str(r["iterations"]), style="bold" if is_gate else None)
+    return table
+
+
+def go_no_go_table(report: VerifyReport) -> Table:
+    """Per fp16 / int8 file: does it pay here? (edgetl.verify.decide)"""
+    threads = report.go_no_go[0]["threads"] if report.go_no_go else None
+    table = Table(title=f"edgetl verify · go/no-go vs fp32 (p50, batch 1, {threads} threads; accuracy on the "
+                        f"labelled verify images)")
+    for col in ("file", "precision", "speed-up", "size", "accuracy Δ", "top-1 agree", "decision", "why"):
+        table.add_column(col, justify="right" if col in ("speed-up", "size", "accuracy Δ", "top-1 agree") else "left")
+    for r in report.go_no_go:
+        ship = r["decision"] == "ship"
+        table.add_row(r["file"], r["precision"], "—" if r["speedup"] is None else f"{r['speedup']:.2f}×",
+                      "—" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}×",
+                      "—" if r["accuracy_delta"] is None else f"{100 * r['accuracy_delta']:+.1f} pt",
+                      _pct(r["top1_agreement"]), Text(r["decision"], style="bold green" if ship else "bold red"),
+                      Text(r["reason"]))
     return table
 
 
@@ -119,15 +137,27 @@ def _gate_line(report: VerifyReport) -> str:
 # --- edgetl export / run / info / predict ------------------------------------------------------------------
 
 def export_table(result: Any) -> Table:
-    table = Table(title=f"edgetl export · {result.out_dir}")
+    table = Table(title=f"edgetl export · {shown(result.out_dir)}")
     table.add_column("format")
     table.add_column("file", no_wrap=True, min_width=len("model.torchscript.pt"))
-    for col in ("size", "params", "BN folded", "seconds"):
+    table.add_column("precision")
+    for col in ("size", "params", "BN folded", "seconds", "guard"):
         table.add_column(col, justify="right")
     for a in result.artifacts:
-        table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
-                      str(result.deploy.bn_folded), f"{a.seconds:.1f}")
+        table.add_row(a.format, a.file, a.precision, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
+                      str(result.deploy.bn_folded), f"{a.seconds:.1f}", _guard(a.quantization))
     return table
+
+
+def _guard(quantization: dict[str, Any] | None) -> str:
+    """The accuracy guard's last round, in a few words."""
+    guard = (quantization or {}).get("guard") or {}
+    if not guard.get("rounds"):
+        return "—"
+    last = guard["rounds"][-1]
+    kept = len(guard.get("excluded_nodes") or [])
+    agree = f"{100 * last['top1_agreement']:.1f} % agree" if "top1_agreement" in last else last.get("why", "")
+    return f"{'✓' if last.get('passed') else '✗'} {agree}" + (f", {kept} node(s) float" if kept else "")
 
 
 def run_table(outcome: Any) -> Table:

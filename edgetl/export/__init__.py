@@ -5,6 +5,7 @@
     stage.py     export_run: fold, write every requested format, swap the new export in whole
     deploy.py    the pure model transform: merge LoRA, fold BatchNorm, check nothing is left
     manifest.py  manifest.json, filled in (its schema is edgetl.rundir.Manifest)
+    precision.py fp16 / INT8 files from the fp32 ones: calibration, the accuracy guard
 """
 
 from edgetl.export.stage import export_run

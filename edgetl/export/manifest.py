@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from edgetl import __version__
 from edgetl.export.deploy import DeployReport
@@ -29,10 +30,12 @@ class Written:
     precision: str
     seconds: float
     opset: int | None = None
+    quantization: dict[str, Any] | None = None  # lower precisions: how the file was made and judged
 
     def entry(self) -> ArtifactEntry:
         return ArtifactEntry(format=self.format, file=self.file, bytes=self.bytes, sha256=self.sha256,
-                             precision=self.precision, opset=self.opset, seconds=self.seconds)
+                             precision=self.precision, opset=self.opset, seconds=self.seconds,
+                             quantization=self.quantization)
 
 
 def build_manifest(*, ckpt: CheckpointMeta, checkpoint: str, meta: ExportMeta, report: DeployReport,

@@ -26,6 +26,7 @@ from edgetl import files, rundir
 from edgetl.errors import EdgetlError, ExportError, RunDirError, describe_error
 from edgetl.export.deploy import DeployReport, deploy_model
 from edgetl.export.manifest import Written, build_manifest
+from edgetl.export.precision import QuantPlan, check_precisions, derive_precision
 from edgetl.formats import FORMATS, resolve_formats
 from edgetl.formats.base import ExportMeta
 from edgetl.rundir import CheckpointMeta, Manifest, RunDir
@@ -180,10 +181,16 @@ def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployRe
 
 
 def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"), opset: int | None = None,
-               batch: int | None = None, checkpoint: str = "best", out: Path | None = None) -> ExportResult:
-    """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export."""
+               batch: int | None = None, checkpoint: str = "best", out: Path | None = None,
+               precisions: Sequence[str] = ("fp32",), plan: QuantPlan = QuantPlan()) -> ExportResult:
+    """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export.
+
+    Every format writes its fp32 file; each lower precision in `precisions` is made from it by the formats
+    that can (`Format.derive`), beside it: the fp32 file stays, the reference its speed-up is measured against."""
     run_dir = Path(run_dir)
     names = check_request(formats, opset=opset, batch=batch, checkpoint=checkpoint)
+    check_precisions(names, list(precisions))
+    plan.validate()
     out = Path(out) if out is not None else RunDir(run_dir).export_dir
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
     _check_replaceable(out)
@@ -216,6 +223,10 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
         for name in names:
             with _step(f"{name} ({FORMATS[name].file})", out):
                 artifacts.append(_write(name, deployed, example, tmp, meta=meta))
+            for precision in (p for p in dict.fromkeys(precisions) if p in FORMATS[name].derive):
+                with _step(f"{name} {precision} ({FORMATS[name].file_for(precision)})", out):
+                    artifacts.append(derive_precision(name, precision, tmp / FORMATS[name].file, tmp,
+                                                      run_dir=run_dir, meta=meta, plan=plan))
         manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
                                   artifacts=artifacts)
         with _step(MANIFEST, out):

@@ -43,7 +43,8 @@ class ExportMeta:
     def describe(self) -> dict[str, str]:
         """Flat string metadata (ONNX metadata_props, TorchScript extra file)."""
         return {"labels": json.dumps(self.labels), "preprocessing": json.dumps(self.preprocessing),
-                "edgetl_version": __version__, "backbone": self.backbone, "recipe_sha256": self.recipe_sha256 or ""}
+                "edgetl_version": __version__, "backbone": self.backbone, "recipe_sha256": self.recipe_sha256 or "",
+                "precision": "fp32"}
 
     def io(self) -> dict[str, dict[str, Any]]:
         """The input and output tensors: name, shape ("batch" for a dynamic axis), dtype."""
@@ -104,6 +105,20 @@ class Format:
     check_request: Callable[[ExportMeta], None] = field(default=lambda meta: None)  # refuse bad flags up front
     # The file's own description (`embedded_meta`): labels and preprocessing at least; None when it has none
     read_meta: Callable[[Path], dict[str, Any] | None] = no_meta
+    # Lower precisions made from the written fp32 file: precision -> its transform (edgetl.export.precision
+    # runs them, with calibration and the accuracy guard). `precisions` lists fp32 and these.
+    derive: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def all_precisions(self) -> tuple[str, ...]:
+        return (*self.precisions, *self.derive)
+
+    def file_for(self, precision: str) -> str:
+        """model.onnx for fp32, model.int8.onnx for int8: every precision its own file, side by side."""
+        if precision == self.precisions[0]:
+            return self.file
+        stem, dot, suffix = self.file.partition(".")
+        return f"{stem}.{precision}{dot}{suffix}"
 
 
 def embedded_meta(props: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -17,13 +17,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Bars:
-    atol: float  # max |artifact - reference| over every logit
     min_top1: float  # fraction of inputs whose top-1 class must agree with the reference
+    atol: float | None = None  # max |artifact - reference| over every logit
+    rtol: float | None = None  # max |artifact - reference| per row, relative to the row's largest |logit|
+    max_accuracy_drop: float | None = None  # reference accuracy - artifact accuracy on labelled images
 
 
-# Per precision: how close an artifact must stay to the fp32 checkpoint. Writers of fp16 / int8 artifacts add
-# their entry here with the reason for its numbers; a precision without one fails verify, it never passes.
-BARS: dict[str, Bars] = {"fp32": Bars(atol=1e-4, min_top1=1.0)}
+# Per precision: how close an artifact must stay to the fp32 checkpoint; a precision without an entry fails
+# verify, it never passes. fp32: rounding only. fp16: 11-bit mantissas through ~50 layers stay within a few
+# tenths of a percent of the logit scale on real images; 2 % leaves room for the noise inputs. int8: what
+# users accept from post-training quantization (onnxruntime / TensorRT guides): the same class on 98 % of
+# images and at most 1 point of accuracy lost.
+BARS: dict[str, Bars] = {
+    "fp32": Bars(min_top1=1.0, atol=1e-4),
+    "fp16": Bars(min_top1=0.98, rtol=0.02),
+    "int8": Bars(min_top1=0.98, max_accuracy_drop=0.01),
+}
 OPS: dict[str, Callable[[Any, Any], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 SYMBOLS = {"<=": "≤", ">=": "≥", "==": "="}
 

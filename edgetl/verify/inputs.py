@@ -12,6 +12,7 @@ warning; with no real image left, parity runs on the random tensors alone and sa
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,17 +90,20 @@ def _folder_entries(data: str) -> list[tuple[Source, str | None]]:
     return entries
 
 
-def _split_entries(run_dir: Path, warnings: list[str]) -> tuple[list[tuple[Source, str | None]], dict[str, Any]]:
-    """The validation images split.json lists, those still there; a warning for any that are gone."""
+def _split_entries(run_dir: Path, warnings: list[str], *, part: str = "val"
+                   ) -> tuple[list[tuple[Source, str | None]], dict[str, Any]]:
+    """The images split.json lists in `part` (val, or train for calibration), those still there; a warning for
+    any that are gone."""
     path = RunDir(run_dir).split
+    what = "validation" if part == "val" else part
     if not path.is_file():
-        _warn(warnings, f"{path} not found: no validation images to check with")
+        _warn(warnings, f"{path} not found: no {what} images to check with")
         return [], {"source": "split"}
     split = read_split(path)
-    source, val = str(split.get("source")), split.get("val") or []
-    info: dict[str, Any] = {"source": "split", "dataset": source}
+    source, listed = str(split.get("source")), split.get(part) or []
+    info: dict[str, Any] = {"source": "split", "dataset": source, "part": part}
     if source.lower() in ("cifar10", "cifar100"):
-        return _array_entries(source.lower(), val, warnings), info
+        return _array_entries(source.lower(), listed, warnings), info
     if source == "sample":
         from edgetl.train.sample import ensure_sample
 
@@ -107,30 +111,45 @@ def _split_entries(run_dir: Path, warnings: list[str]) -> tuple[list[tuple[Sourc
     else:
         root = Path(split.get("root") or source)
     info["root"] = str(root)
-    present = [(root / rel, c) for rel, c in val if (root / rel).is_file()]
-    if len(present) < len(val):
-        _warn(warnings, f"{len(val) - len(present)} of {len(val)} validation images listed in {path} are gone "
+    present = [(root / rel, c) for rel, c in listed if (root / rel).is_file()]
+    if len(present) < len(listed):
+        _warn(warnings, f"{len(listed) - len(present)} of {len(listed)} {what} images listed in {path} are gone "
                         f"from {root}")
     return present, info
 
 
-def _array_entries(name: str, val: list, warnings: list[str]) -> list[tuple[Source, str | None]]:
-    """The val images of a torchvision array dataset, from the local cache only (verify never downloads)."""
+def calibration_images(run_dir: Path, *, labels: Sequence[str], preprocessing: Preprocessing, samples: int,
+                       seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Up to `samples` train-split images, a seeded draw spread over classes, preprocessed exactly as a device
+    does: what INT8 calibrates on (never val images, which judge the result)."""
+    warnings: list[str] = []
+    entries, info = _split_entries(run_dir, warnings, part="train")
+    random.Random(seed).shuffle(entries)
+    x, _, skipped = _decode(_pick(entries, samples), preprocessing, list(labels), warnings)
+    info.update(images=int(x.shape[0]), seed=seed, skipped=skipped)
+    return x, info
+
+
+def _array_entries(name: str, listed: list, warnings: list[str]) -> list[tuple[Source, str | None]]:
+    """The images of a torchvision array dataset a split lists ("train/<i>" or "test/<i>"), from the local
+    cache only (verify never downloads)."""
     import torchvision.datasets
 
     from edgetl.train.sample import cache_dir
 
-    try:
-        dataset = getattr(torchvision.datasets, name.upper())(str(cache_dir() / "torchvision"), train=False,
-                                                              download=False)
-    except (RuntimeError, OSError) as e:
-        _warn(warnings, f"{name} is not in the local cache ({e}); no validation images to check with")
-        return []
+    parts = {str(ref).partition("/")[0] for ref, _ in listed} or {"test"}
     entries: list[tuple[Source, str | None]] = []
-    for ref, c in val:
-        part, _, index = str(ref).partition("/")
-        if part == "test" and index.isdigit() and int(index) < len(dataset.data):
-            entries.append((Image.fromarray(dataset.data[int(index)]), c))
+    for part in sorted(parts):
+        try:
+            dataset = getattr(torchvision.datasets, name.upper())(str(cache_dir() / "torchvision"),
+                                                                  train=part == "train", download=False)
+        except (RuntimeError, OSError) as e:
+            _warn(warnings, f"{name} is not in the local cache ({e}); no images to check with")
+            return []
+        for ref, c in listed:
+            p, _, index = str(ref).partition("/")
+            if p == part and index.isdigit() and int(index) < len(dataset.data):
+                entries.append((Image.fromarray(dataset.data[int(index)]), c))
     return entries
 
 

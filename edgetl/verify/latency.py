@@ -225,7 +225,7 @@ def measure_latency(artifacts: list[ArtifactEntry], *, export_dir: Path, checkpo
 def gate_latency(rows: list[dict[str, Any]], gate: Gate, *, max_latency_ms: float | None) -> dict[str, Any] | None:
     """The figure latency bars apply to: the gating format's p50 (ONNX) at the smallest batch, most threads."""
     gating = [name for name, fmt in FORMATS.items() if fmt.gates_latency]
-    timed = [r for r in rows if r["runtime"] in gating]
+    timed = [r for r in rows if r["runtime"] in gating and r["file"] == FORMATS[r["runtime"]].file]  # its fp32 file
     if not timed:
         if max_latency_ms is not None:
             files = " or ".join(FORMATS[name].file for name in gating)

@@ -26,6 +26,7 @@ from edgetl.formats import FORMATS
 from edgetl.formats.base import torch_runner
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, Manifest, RunDir, VerifyReport
 from edgetl.train.checkpoint import checkpoint_meta, load_model
+from edgetl.verify.decide import go_no_go
 from edgetl.verify.gate import BARS, Bars, Check, Gate
 from edgetl.verify.inputs import gather_inputs
 from edgetl.verify.latency import (
@@ -120,6 +121,7 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     if not gate.failures:  # never load a file that is not the one exported
         runnable, checkpoint = _check_parity_all(run, manifest, settings, gate, report, progress)
         _check_latency(run, manifest, runnable, checkpoint, settings, gate, report, old, progress)
+    report.go_no_go = go_no_go(manifest, report, gate)
     report.passed = not gate.failures
     report.failures = [c.message() for c in gate.failures]
     report.checks = [dataclasses.asdict(c) for c in gate.checks]
@@ -203,7 +205,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         name = artifact.file
         progress(f"parity {name}")
         bars = _bars(artifact, settings, gate)
-        report.bars["parity"][name] = {"precision": artifact.precision, **(dataclasses.asdict(bars) if bars else {})}
+        own = {k: v for k, v in dataclasses.asdict(bars).items() if v is not None} if bars else {}  # its bars only
+        report.bars["parity"][name] = {"precision": artifact.precision, **own}
         try:
             runner = FORMATS[artifact.format].load(run.export_dir / name)
         except Exception as e:  # noqa: BLE001 — a file its runtime refuses fails this artifact, not the whole run
@@ -252,6 +255,9 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                    detail=edited)
         gate.check(artifact.file, "meaning", "embedded preprocessing", embedded["preprocessing"], "==",
                    manifest.preprocessing.to_dict(), detail=edited)
+        if "precision" in embedded:  # files from before 0.2 do not say
+            gate.check(artifact.file, "meaning", "embedded precision", embedded["precision"], "==",
+                       artifact.precision, detail=edited)
 
 
 def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntry], checkpoint: Path,
@@ -276,13 +282,15 @@ def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntr
 
 
 def _bars(artifact: ArtifactEntry, settings: VerifySettings, gate: Gate) -> Bars | None:
+    """The precision's bars; --atol applies where the precision has an absolute bar, --min-top1 to all."""
     if artifact.precision not in BARS:
         gate.check(artifact.file, "values", "precision with bars", artifact.precision, "==", " | ".join(BARS),
                    detail=f"no bars are defined for {artifact.precision}; add them to edgetl.verify.gate.BARS")
         return None
     default = BARS[artifact.precision]
-    return Bars(atol=default.atol if settings.atol is None else settings.atol,
-                min_top1=default.min_top1 if settings.min_top1 is None else settings.min_top1)
+    return dataclasses.replace(
+        default, atol=default.atol if settings.atol is None or default.atol is None else settings.atol,
+        min_top1=default.min_top1 if settings.min_top1 is None else settings.min_top1)
 
 
 def _warn(report: VerifyReport, message: str) -> None:

@@ -92,7 +92,7 @@ def test_a_correct_export_passes_the_embedded_checks(run_copy):
     result = invoke("verify", run_copy, *FAST)
     assert result.exit_code == 0, result.output
     assert embedded_checks(run_copy) == {(f, m): True for f in ("model.onnx", "model.torchscript.pt")
-                                         for m in ("embedded labels", "embedded preprocessing")}
+                                         for m in ("embedded labels", "embedded preprocessing", "embedded precision")}
 
 
 def swap_first_two(labels: list[str]) -> list[str]:

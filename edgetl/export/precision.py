@@ -1,0 +1,136 @@
+"""Lower-precision files beside the fp32 ones: INT8 calibrated on train images and guarded on val images, fp16.
+
+    written = derive_precision("onnx", "int8", tmp / "model.onnx", tmp, run_dir=run, meta=meta, plan=QuantPlan())
+
+INT8 calibrates on a seeded draw of train-split images, preprocessed exactly as the device does. The accuracy
+guard then compares the INT8 file with the fp32 file on val images, against verify's int8 bars (top-1
+agreement, accuracy drop). While a bar fails, the nodes whose own quantization is noisiest (onnxruntime's QDQ
+debugging helpers) stay float — 1, then 2, 4, ... more — and the file is quantized again, until the bars hold or
+the rounds run out. What was excluded, and the figures of every round, go into the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl import files
+from edgetl.errors import EdgetlError
+from edgetl.export.manifest import Written
+from edgetl.formats import FORMATS
+from edgetl.formats.base import ExportMeta
+from edgetl.formats.onnx_precision import CALIBRATION_METHODS, node_errors, preprocessed
+from edgetl.preprocessing import Preprocessing
+from edgetl.verify.gate import BARS
+from edgetl.verify.inputs import Inputs, calibration_images, gather_inputs
+from edgetl.verify.parity import PARITY_BATCH, compare_logits, run_batched
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+GUARD_ROUNDS = 6  # at most 1 + 2 + ... + 32 = 63 nodes kept float before the guard gives up
+DEBUG_IMAGES = 16  # calibration images the per-node errors are measured on
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """How INT8 is calibrated (the recipe's [export] table, or export's flags)."""
+
+    method: str = "minmax"  # measured: MinMax matched Entropy and Percentile on real photos, and is the fastest
+    calibration_images: int = 200
+    guard_images: int = 200  # val images the guard judges on
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise EdgetlError(f"unknown calibration method {self.method!r}; known: {', '.join(CALIBRATION_METHODS)}")
+        if not 1 <= self.calibration_images <= 10_000:
+            raise EdgetlError(f"calibration images must be in [1, 10000] (got {self.calibration_images})")
+
+
+def check_precisions(formats: list[str], precisions: list[str]) -> None:
+    """Every requested precision must be made by at least one requested format (usage error, exit 2)."""
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise EdgetlError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        if not any(precision in FORMATS[f].all_precisions for f in formats):
+            able = [f for f in FORMATS if precision in FORMATS[f].all_precisions]
+            raise EdgetlError(f"--precision {precision} is made by {', '.join(able) or 'no format'}, not by "
+                              f"{', '.join(formats)} — add --format {able[0] if able else 'onnx'}")
+
+
+def derive_precision(fmt_name: str, precision: str, fp32: Path, folder: Path, *, run_dir: Path, meta: ExportMeta,
+                     plan: QuantPlan) -> Written:
+    """One lower-precision file from the fp32 file `fp32`, written into `folder`, described for the manifest."""
+    fmt = FORMATS[fmt_name]
+    out = folder / fmt.file_for(precision)
+    prep = Preprocessing.coerce(meta.preprocessing)
+    started = time.perf_counter()
+    val = gather_inputs(run_dir, labels=meta.labels, preprocessing=prep, data=None, samples=plan.guard_images,
+                        random=0)
+    if precision == "int8":
+        calibration, source = calibration_images(run_dir, labels=meta.labels, preprocessing=prep,
+                                                 samples=plan.calibration_images, seed=plan.seed)
+        if len(calibration) == 0:
+            raise EdgetlError(f"no train images to calibrate INT8 on (split.json of {run_dir}) — INT8 needs the "
+                              f"run's data folder on this machine")
+        settings = _guarded_int8(fmt_name, fp32, out, calibration=calibration, val=val, plan=plan)
+        settings["calibration"] = {**source, "method": plan.method}
+    else:
+        settings = fmt.derive[precision](fp32, out)
+        settings["guard"] = {"rounds": [_judge(fmt_name, fp32, out, val, precision)]}
+    seconds = time.perf_counter() - started
+    log.info("%s %s: %s, %.1f MB in %.1f s", fmt_name, precision, out.name, out.stat().st_size / 1e6, seconds)
+    return Written(format=fmt_name, file=out.name, bytes=out.stat().st_size, sha256=files.sha256_file(out),
+                   precision=precision, seconds=round(seconds, 3), quantization=settings)
+
+
+def _guarded_int8(fmt_name: str, fp32: Path, out: Path, *, calibration: np.ndarray, val: Inputs,
+                  plan: QuantPlan) -> dict[str, Any]:
+    quantize = FORMATS[fmt_name].derive["int8"]
+    excluded: list[str] = []
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="edgetl-int8-") as tmp:
+        pre = preprocessed(fp32, Path(tmp))
+        for round_ in range(GUARD_ROUNDS + 1):
+            settings = quantize(fp32, out, calibration=calibration, method=plan.method, exclude=excluded, pre=pre)
+            judged = _judge(fmt_name, fp32, out, val, "int8")
+            rounds.append({**judged, "excluded": len(excluded)})
+            if judged["passed"] or judged["passed"] is None or round_ == GUARD_ROUNDS:
+                break
+            ranked = [n for n, _ in node_errors(pre, out, calibration[:DEBUG_IMAGES]) if n not in excluded]
+            if not ranked:
+                break
+            excluded += ranked[:2 ** round_]
+            log.info("int8 guard: %s; keeping %d node(s) float and quantizing again", judged["why"], len(excluded))
+    passed = rounds[-1]["passed"]
+    if passed is False:
+        log.warning("int8 guard: the bars still fail with %d node(s) kept float (%s); verify will say don't ship",
+                    len(excluded), rounds[-1]["why"])
+    return {**settings, "guard": {"passed": passed, "excluded_nodes": excluded, "rounds": rounds}}
+
+
+def _judge(fmt_name: str, fp32: Path, candidate: Path, val: Inputs, precision: str) -> dict[str, Any]:
+    """The candidate against the fp32 file on the guard's val images, by verify's bars for `precision`."""
+    load = FORMATS[fmt_name].load
+    labelled = val.targets >= 0
+    if not labelled.any():
+        return {"passed": None, "why": "no labelled val images to judge on", "images": 0}
+    x, targets = val.x[labelled], val.targets[labelled]
+    reference = run_batched(load(fp32), x, batch=PARITY_BATCH)
+    figures = compare_logits(reference, run_batched(load(candidate), x, batch=PARITY_BATCH), targets=targets)
+    bars = BARS[precision]
+    drop = figures["reference_accuracy"] - figures["accuracy"]
+    failing = [f"top-1 agreement {figures['top1_agreement']:.1%} < {bars.min_top1:.0%}"] \
+        if figures["top1_agreement"] < bars.min_top1 else []
+    if bars.max_accuracy_drop is not None and drop > bars.max_accuracy_drop:
+        failing.append(f"accuracy drop {100 * drop:.1f} pt > {100 * bars.max_accuracy_drop:.0f} pt")
+    return {"passed": not failing, "why": "; ".join(failing) or "bars hold", "images": int(len(x)),
+            "top1_agreement": figures["top1_agreement"], "accuracy": figures["accuracy"],
+            "fp32_accuracy": figures["reference_accuracy"], "max_rel_diff": figures["max_rel_diff"]}

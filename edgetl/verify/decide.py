@@ -1,0 +1,61 @@
+"""The go/no-go per lower-precision file: does it pay on this model and this CPU?
+
+    rows = go_no_go(manifest, report, gate)   # [{"file": "model.int8.onnx", "decision": "ship", ...}]
+
+Each fp16 / int8 file is compared with the fp32 file of its format: speed-up (p50, batch 1, all threads),
+size ratio, accuracy change on the labelled verify images, top-1 agreement; then one word with the reason.
+A file that fails its bars is "don't ship" (and verify fails). An INT8 file that passes but is not at least
+MIN_SPEEDUP faster is "don't ship" too, without failing verify: the fp32 file is exact and as fast (INT8 pays
+only where the CPU has fast integer kernels and the ops quantize; MobileNet-V3's hardswish and SE stay float).
+fp16 is for GPUs and NPUs: it ships on its bars and size, and the reason says how this CPU runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgetl.formats import FORMATS
+from edgetl.rundir import Manifest, VerifyReport
+from edgetl.verify.gate import Gate
+
+MIN_SPEEDUP = 1.2  # below this an INT8 file's accuracy risk buys too little
+
+
+def go_no_go(manifest: Manifest, report: VerifyReport, gate: Gate) -> list[dict[str, Any]]:
+    single = [r for r in report.latency if r["batch"] == 1]
+    threads = max((r["threads"] for r in single), default=None)
+    p50 = {r["file"]: r["p50_ms"] for r in single if r["threads"] == threads}
+    rows = []
+    for artifact in manifest.artifacts:
+        fmt = FORMATS.get(artifact.format)
+        if artifact.precision == "fp32" or fmt is None:
+            continue
+        base = next((a for a in manifest.artifacts if a.file == fmt.file), None)
+        parity = report.parity.get(artifact.file) or {}
+        speedup = p50[base.file] / p50[artifact.file] if base and base.file in p50 and artifact.file in p50 else None
+        accuracy, reference = parity.get("accuracy"), parity.get("reference_accuracy")
+        row = {"file": artifact.file, "precision": artifact.precision, "versus": fmt.file, "threads": threads,
+               "speedup": speedup, "size_ratio": artifact.bytes / base.bytes if base else None,
+               "accuracy_delta": None if accuracy is None or reference is None else accuracy - reference,
+               "top1_agreement": parity.get("top1_agreement")}
+        row["decision"], row["reason"] = _decide(row, [c for c in gate.failures if c.artifact == artifact.file])
+        rows.append(row)
+    return rows
+
+
+def _decide(row: dict[str, Any], failures: list) -> tuple[str, str]:
+    figures = ", ".join(part for part in (
+        f"{row['speedup']:.2f}× the fp32 speed" if row["speedup"] is not None else "not timed",
+        f"{row['size_ratio']:.2f}× the size" if row["size_ratio"] is not None else "",
+        f"accuracy {100 * row['accuracy_delta']:+.1f} pt" if row["accuracy_delta"] is not None else "",
+    ) if part)
+    if failures:
+        return "don't ship", f"fails {failures[0].measure} ({len(failures)} check(s)); {figures}"
+    if row["precision"] == "int8":
+        if row["speedup"] is None:
+            return "don't ship", f"its speed was not measured here; {figures}"
+        if row["speedup"] < MIN_SPEEDUP:
+            return "don't ship", f"{figures}: under {MIN_SPEEDUP}× faster, the exact fp32 file is the better buy"
+        return "ship", figures
+    cpu = "" if row["speedup"] is None or row["speedup"] >= 1 else " (slower on this CPU: ship it to fp16 hardware)"
+    return "ship", figures + cpu

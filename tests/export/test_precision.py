@@ -1,0 +1,180 @@
+"""fp16 and INT8 files (issue 12): made beside the fp32 file, guarded, listed, verified, chosen by predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from edgetl.cli import app
+from edgetl.export import export_run
+from edgetl.export import precision as precision_module
+from edgetl.export.precision import QuantPlan
+from edgetl.verify.decide import MIN_SPEEDUP, _decide
+from edgetl.verify.gate import Bars
+
+runner = CliRunner()
+FAST = ["--latency-seconds", "0.01", "--threads", "1", "--samples", "8"]
+PLAN = QuantPlan(calibration_images=16, guard_images=16)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def quantized(straight, tmp_path_factory):
+    """The tiny trained run, exported as fp32 + int8 + fp16 ONNX."""
+    _, run = straight
+    run = shutil.copytree(run, tmp_path_factory.mktemp("precision") / "run")
+    export_run(run, formats=["onnx"], precisions=["fp32", "int8", "fp16"], plan=PLAN)
+    return run
+
+
+@pytest.fixture
+def quantized_copy(quantized, tmp_path):
+    return shutil.copytree(quantized, tmp_path / "run")
+
+
+def test_int8_and_fp16_files_sit_beside_the_fp32_one_smaller_and_described(quantized):
+    manifest = json.loads((quantized / "export" / "manifest.json").read_text())
+    by_precision = {a["precision"]: a for a in manifest["artifacts"]}
+    assert [a["file"] for a in manifest["artifacts"]] == ["model.onnx", "model.int8.onnx", "model.fp16.onnx"]
+    assert by_precision["int8"]["bytes"] < 0.35 * by_precision["fp32"]["bytes"]
+    assert by_precision["fp16"]["bytes"] < 0.6 * by_precision["fp32"]["bytes"]
+    int8 = by_precision["int8"]["quantization"]
+    assert int8["activations"] == "uint8" and int8["weights"] == "int8 per-channel" and int8["method"] == "minmax"
+    assert int8["calibration"]["part"] == "train" and 0 < int8["calibration"]["images"] <= 16
+    assert int8["guard"]["passed"] in (True, None) and "fp32" not in str(by_precision["fp32"].get("quantization"))
+    for precision in ("int8", "fp16"):
+        model = onnx.load(str(quantized / "export" / by_precision[precision]["file"]))
+        onnx.checker.check_model(model, full_check=True)
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["precision"] == precision and json.loads(props["labels"]) == manifest["labels"]
+    ops = {n.op_type for n in onnx.load(str(quantized / "export" / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_verify_judges_each_precision_by_its_bars_and_says_go_or_no_go(quantized_copy):
+    result = invoke("verify", quantized_copy, *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads((quantized_copy / "verify.json").read_text())
+    assert report["bars"]["parity"]["model.int8.onnx"]["max_accuracy_drop"] == 0.01
+    assert report["bars"]["parity"]["model.fp16.onnx"]["rtol"] == 0.02
+    measures = {(c["artifact"], c["measure"]) for c in report["checks"]}
+    assert ("model.int8.onnx", "accuracy drop") in measures and ("model.int8.onnx", "max abs diff") not in measures
+    assert ("model.fp16.onnx", "max diff / logit scale") in measures
+    rows = {r["file"]: r for r in report["go_no_go"]}
+    assert set(rows) == {"model.int8.onnx", "model.fp16.onnx"}
+    assert rows["model.int8.onnx"]["versus"] == "model.onnx" and rows["model.int8.onnx"]["size_ratio"] < 0.35
+    assert rows["model.int8.onnx"]["decision"] in ("ship", "don't ship") and rows["model.int8.onnx"]["reason"]
+    assert report["gate"]["file"] == "model.onnx"  # the latency gate times the fp32 file
+    assert "go/no-go" in result.output
+
+
+def test_a_precision_the_manifest_misstates_fails_verify(quantized_copy):
+    path = quantized_copy / "export" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["artifacts"][1]["precision"] = "fp32"  # the int8 file claimed as fp32
+    path.write_text(json.dumps(manifest))
+    result = invoke("verify", quantized_copy, *FAST)
+    assert result.exit_code == 1
+    assert "model.int8.onnx: embedded precision 'int8' fails the bar = 'fp32'" in result.output
+
+
+def test_a_tampered_int8_file_fails_integrity(quantized_copy):
+    with (quantized_copy / "export" / "model.int8.onnx").open("ab") as f:
+        f.write(b"\0")
+    result = invoke("verify", quantized_copy, *FAST)
+    assert result.exit_code == 1 and "model.int8.onnx: bytes" in result.output
+
+
+def test_the_guard_keeps_the_noisiest_nodes_float_until_the_bar_holds_or_rounds_run_out(straight, tmp_path,
+                                                                                         monkeypatch):
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    # An impossible bar: every round fails, so the guard excludes 1, then 2 more nodes, then gives up.
+    monkeypatch.setitem(precision_module.BARS, "int8", Bars(min_top1=1.01))
+    monkeypatch.setattr(precision_module, "GUARD_ROUNDS", 2)
+    result = export_run(run, formats=["onnx"], precisions=["int8"], plan=PLAN)
+    guard = result.artifacts[1].quantization["guard"]
+    assert guard["passed"] is False and [r["excluded"] for r in guard["rounds"]] == [0, 1, 3]
+    assert len(guard["excluded_nodes"]) == 3 == len(result.artifacts[1].quantization["excluded_nodes"])
+    names = {n.name for n in onnx.load(str(run / "export" / "model.int8.onnx")).graph.node}
+    float_nodes = [n for n in guard["excluded_nodes"] if n in names]
+    assert float_nodes, "the excluded nodes stay in the graph, unquantized"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "torchscript", "--precision", "int8"], "--precision int8 is made by onnx, not by torchscript"),
+    (["--precision", "int4"], "int4"),
+    (["--calibration", "median"], "median"),
+])
+def test_a_precision_no_format_makes_is_a_usage_error_before_any_work(tmp_path, args, message):
+    result = invoke("export", tmp_path / "not-a-run", *args)
+    assert result.exit_code == 2 and message in result.output and "not found" not in result.output
+
+
+def test_predict_uses_the_file_of_the_precision_asked_for(quantized, tmp_path, monkeypatch):
+    import dataclasses
+
+    import edgetl.predict
+
+    loaded = []
+    onnx_format = edgetl.predict.FORMATS["onnx"]
+    spy = dataclasses.replace(onnx_format, load=lambda path, **kw: loaded.append(path.name) or onnx_format.load(path, **kw))
+    monkeypatch.setitem(edgetl.predict.FORMATS, "onnx", spy)
+    result = invoke("predict", quantized, _an_image(tmp_path), "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    assert loaded == ["model.int8.onnx"]
+
+
+def _an_image(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(path)
+    return path
+
+
+def test_predict_refuses_a_precision_the_export_lacks(quantized, tmp_path):
+    shutil.copytree(quantized / "export", tmp_path / "export")
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    manifest["artifacts"] = manifest["artifacts"][:1]
+    (tmp_path / "export" / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("predict", tmp_path, _an_image(tmp_path), "--precision", "int8")
+    assert result.exit_code == 2 and "lists no int8 file (it has: fp32)" in result.output
+
+
+@pytest.mark.parametrize("row, failures, decision, words", [
+    ({"precision": "int8", "speedup": 2.1, "size_ratio": 0.27, "accuracy_delta": -0.004}, [], "ship", "2.10×"),
+    ({"precision": "int8", "speedup": 1.0, "size_ratio": 0.27, "accuracy_delta": 0.0}, [], "don't ship",
+     f"under {MIN_SPEEDUP}× faster"),
+    ({"precision": "int8", "speedup": 3.0, "size_ratio": 0.27, "accuracy_delta": -0.05}, ["accuracy drop"],
+     "don't ship", "fails accuracy drop"),
+    ({"precision": "fp16", "speedup": 0.6, "size_ratio": 0.5, "accuracy_delta": 0.0}, [], "ship", "fp16 hardware"),
+])
+def test_the_go_no_go_says_one_word_with_the_reason(row, failures, decision, words):
+    class Failure:
+        def __init__(self, measure):
+            self.measure = measure
+
+    got, reason = _decide(row, [Failure(m) for m in failures])
+    assert got == decision and words in reason
+
+
+def test_the_recipe_export_table_sets_what_run_exports(straight, tmp_path):
+    from edgetl.pipeline import ExportRequest
+    from edgetl.rundir import RunDir
+
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    recipe = RunDir(run).recipe
+    recipe.write_text(recipe.read_text() + '\n[export]\nprecisions = ["fp32", "int8"]\ncalibration = "entropy"\n')
+    precisions, plan = ExportRequest().plan(run)
+    assert precisions == ("fp32", "int8") and plan.method == "entropy"
+    precisions, plan = ExportRequest(precisions=("fp16",), calibration="percentile").plan(run)
+    assert precisions == ("fp16",) and plan.method == "percentile"  # flags win
