@@ -53,7 +53,8 @@ class ExportRequest:
             section = None  # a bare checkpoint folder: defaults
         precisions = self.precisions or (tuple(section.precisions) if section else ("fp32",))
         plan = QuantPlan(method=self.calibration or (section.calibration if section else "minmax"),
-                         **({"calibration_images": section.calibration_images} if section else {}))
+                         **({"calibration_images": section.calibration_images, "activations": section.activations}
+                            if section else {}))
         return precisions, plan
 
 

@@ -114,6 +114,7 @@ class ExportSection(_Strict):
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(200, ge=1, le=10_000)  # train images, a seeded draw over classes
+    activations: Literal["auto", "uint8", "int8"] = "auto"  # INT8 activation type; auto: the faster one here
 
 
 class Recipe(_Strict):

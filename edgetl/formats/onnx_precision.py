@@ -4,9 +4,10 @@
     to_fp16(Path("model.onnx"), Path("model.fp16.onnx"))
 
 INT8 is static post-training quantization: `quant_pre_process` (shape inference and graph fusions), then
-`quantize_static` in QDQ form, weights int8 per output channel, activations uint8. Measured on a 2-core AVX-512
-VNNI CPU, uint8 activations ran ResNet-18 3.2x and Lite0 2.1x faster than fp32, where int8 activations (S8S8)
-were slower than fp32; `reduce_range` is off (it exists for CPUs without VNNI and costs accuracy).
+`quantize_static` in QDQ form, weights int8 per output channel, activations uint8 or int8 (export measures
+both on the CPU at hand: on a 2-core AVX-512 VNNI CPU uint8 ran ResNet-18 3.2x and Lite0 2.1x faster than fp32,
+where int8 activations were slower than fp32). `reduce_range` is off (it exists for CPUs without VNNI and costs
+accuracy).
 fp16 keeps fp32 inputs and outputs, so a device feeds the same tensor; it is for GPUs and NPUs, and a CPU
 usually runs it slower (verify reports it). Both files keep the fp32 file's metadata (labels, preprocessing).
 """
@@ -81,9 +82,10 @@ def preprocessed(fp32: Path, folder: Path) -> Path:
 
 
 def quantize_int8(fp32: Path, out: Path, *, calibration: np.ndarray, method: str = "minmax",
-                  exclude: Sequence[str] = (), pre: Path | None = None) -> dict[str, Any]:
-    """Static INT8 (QDQ; int8 weights per channel, uint8 activations) calibrated on `calibration` rows;
-    `exclude` names nodes of the pre-processed graph that stay float. Returns the settings, for the manifest."""
+                  exclude: Sequence[str] = (), pre: Path | None = None, activations: str = "uint8") -> dict[str, Any]:
+    """Static INT8 (QDQ; int8 weights per channel, `activations` uint8 or int8) calibrated on `calibration`
+    rows; `exclude` names nodes of the pre-processed graph that stay float. Returns the settings, for the
+    manifest."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -93,11 +95,12 @@ def quantize_int8(fp32: Path, out: Path, *, calibration: np.ndarray, method: str
         with quiet("onnxruntime"):
             quantize_static(str(source), str(out), _reader(calibration, _fixed_batch(fp32)),
                             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], nodes_to_exclude=list(exclude),
                             extra_options={"CalibTensorRangeSymmetric": False})
     _copy_metadata(fp32, out, precision="int8")
-    return {"scheme": "static QDQ", "weights": "int8 per-channel", "activations": "uint8", "method": method,
+    return {"scheme": "static QDQ", "weights": "int8 per-channel", "activations": activations, "method": method,
             "excluded_nodes": list(exclude)}
 
 

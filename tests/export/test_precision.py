@@ -18,7 +18,7 @@ from edgetl.verify.gate import Bars
 
 runner = CliRunner()
 FAST = ["--latency-seconds", "0.01", "--threads", "1", "--samples", "8"]
-PLAN = QuantPlan(calibration_images=16, guard_images=16)
+PLAN = QuantPlan(calibration_images=16, guard_images=16, activations="uint8")
 
 
 def invoke(*args):
@@ -90,6 +90,17 @@ def test_a_tampered_int8_file_fails_integrity(quantized_copy):
         f.write(b"\0")
     result = invoke("verify", quantized_copy, *FAST)
     assert result.exit_code == 1 and "model.int8.onnx: bytes" in result.output
+
+
+def test_auto_activations_times_both_types_here_and_keeps_the_faster(straight, tmp_path):
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    result = export_run(run, formats=["onnx"], precisions=["int8"],
+                        plan=QuantPlan(calibration_images=8, guard_images=8, activations="auto"))
+    quantization = result.artifacts[1].quantization
+    timed = quantization["activations_p50_ms"]
+    assert set(timed) == {"uint8", "int8"} and all(ms > 0 for ms in timed.values())
+    assert quantization["activations"] == min(timed, key=timed.get)
 
 
 def test_the_guard_keeps_the_noisiest_nodes_float_until_the_bar_holds_or_rounds_run_out(straight, tmp_path,
