@@ -105,7 +105,7 @@ LOCK_NAME = ".edgetl.lock"
 
 
 @contextlib.contextmanager
-def locked(folder: str | os.PathLike) -> Iterator[None]:
+def locked(folder: str | os.PathLike, *, name: str = LOCK_NAME) -> Iterator[None]:
     """Hold `folder` exclusively while a stage writes into it: a second writer gets one line with our pid.
 
     An advisory `flock` on FOLDER/.edgetl.lock (POSIX: released by the kernel when the process dies, so a
@@ -117,14 +117,16 @@ def locked(folder: str | os.PathLike) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgetlError(f"cannot write into {folder}: {folder_problem(folder, e)} — choose another folder") from e
-    path = folder / LOCK_NAME
+    path = folder / name
     fd = _lock(path, folder)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        path.unlink(missing_ok=True)  # before the unlock: a waiting writer then re-checks the inode (see _lock)
+        with contextlib.suppress(OSError):  # before the unlock, and only our own file (see _lock)
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                path.unlink()
         os.close(fd)
         if created:
             with contextlib.suppress(OSError):
@@ -133,9 +135,12 @@ def locked(folder: str | os.PathLike) -> Iterator[None]:
 
 def _lock(path: Path, folder: Path) -> int:
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # never through a link: a planted .edgetl.lock -> ~/.bashrc must not get our pid written into it
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as e:
+            if path.is_symlink() or path.is_dir():
+                raise EdgetlError(f"{path} is a {'symlink' if path.is_symlink() else 'folder'}, not edgetl's lock "
+                                  f"file — remove it") from None
             raise EdgetlError(f"cannot write into {folder}: {folder_problem(folder, e)} — choose another folder") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,6 +12,7 @@ nothing in a notebook), so the CLI and a Python API share this one code path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from edgetl.rundir import STAGES, Manifest, RunDir, TrainSummary, VerifyReport
 class TrainRequest:
     """What `edgetl train` / `edgetl run` ask of the train stage."""
 
-    recipe: str = "quickstart"  # a shipped recipe's name or a .toml path
+    recipe: str | None = None  # a shipped recipe's name or a .toml path; None: quickstart (a resume: the run's own)
     overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys from flags; None values are ignored
     epochs_scale: float | None = None
     device: str = "auto"
@@ -94,6 +95,20 @@ class RunOutcome:
     seconds: float
 
 
+DEFAULT_RECIPE = "quickstart"
+
+
+def refuse_changes_on_resume(request: TrainRequest, *, out: Path | None = None) -> None:
+    """A resume continues the run's own recipe, data and seed: a flag that would change them is refused, never
+    silently ignored."""
+    given = [f"--{k.replace('_', '-')}" for k, v in request.overrides.items() if v is not None]
+    given += ["--recipe"] * (request.recipe is not None) + ["--epochs-scale"] * (request.epochs_scale is not None)
+    given += ["--out"] * (out is not None)
+    if given:
+        raise RunDirError(f"--resume continues the run as it started; {', '.join(given)} would change it — drop "
+                          f"{'it' if len(given) == 1 else 'them'}, or start a new run with --out")
+
+
 def default_run_dir(recipe: str) -> Path:
     return Path("artifacts") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(recipe).stem}"
 
@@ -106,12 +121,14 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
 
     hooks = hooks or Hooks()
     if resume is not None:
+        refuse_changes_on_resume(request, out=out)
         require_run(resume)
         with files.locked(resume), hooks.training() as callbacks:
             summary = train.resume(resume, device=request.device, callbacks=callbacks)
     else:
-        resolved = load_recipe(request.recipe, overrides=request.overrides, epochs_scale=request.epochs_scale)
-        run_dir = out or default_run_dir(request.recipe)
+        resolved = load_recipe(request.recipe or DEFAULT_RECIPE, overrides=request.overrides,
+                               epochs_scale=request.epochs_scale)
+        run_dir = out or default_run_dir(request.recipe or DEFAULT_RECIPE)
         with files.locked(run_dir), hooks.training() as callbacks:
             summary = train.train(resolved, run_dir=run_dir, device=request.device, callbacks=callbacks)
     hooks.trained(summary)
@@ -120,19 +137,56 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
 
 def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hooks: Hooks | None = None) -> Any:
     from edgetl.export import export_run
-    from edgetl.export.precision import check_precisions
-    from edgetl.export.stage import check_request
 
     hooks = hooks or Hooks()
-    names = check_request(request.formats, opset=request.opset, batch=request.batch, checkpoint=request.checkpoint)
-    check_precisions(names, list(request.precisions or ()))  # flags first, then the run
+    check_export_flags(request)
     require_run(run_dir, recipe=False)  # a bare checkpoint folder exports: the checkpoint describes itself
     precisions, plan = request.plan(run_dir)
-    with files.locked(run_dir), hooks.exporting():
+    with files.locked(run_dir), _out_locked(run_dir, request.out), hooks.exporting():
         result = export_run(run_dir, formats=request.formats, opset=request.opset, batch=request.batch,
                             checkpoint=request.checkpoint, out=request.out, precisions=precisions, plan=plan)
     hooks.exported(result)
     return result
+
+
+def check_export_flags(request: ExportRequest) -> None:
+    """Export's flags, refused before any work (usage errors)."""
+    from edgetl.export.precision import check_precisions
+    from edgetl.export.stage import check_request
+
+    names = check_request(request.formats, opset=request.opset, batch=request.batch, checkpoint=request.checkpoint)
+    check_precisions(names, list(request.precisions or ()))
+
+
+def _out_locked(run_dir: Path, out: Path | None) -> contextlib.AbstractContextManager:
+    """An `--out` outside the run is held too: another run's folder by its own lock, any other folder by a lock
+    named after the export, so two exports into one folder never interleave."""
+    if out is None or Path(out).resolve().parent == Path(run_dir).resolve():
+        return contextlib.nullcontext()
+    parent = Path(out).parent
+    if not parent.is_dir():
+        return contextlib.nullcontext()  # export creates it, or says in one line why it cannot
+    if RunDir(parent).recipe.is_file():
+        return files.locked(parent)
+    return files.locked(parent, name=f".{Path(out).name}{files.LOCK_NAME}")
+
+
+def check_json_target(json_path: Path | None, run_dir: Path) -> None:
+    """`--json` may replace a verify report, never a run's other files or a file of the user's."""
+    if json_path is None:
+        return
+    path = Path(json_path)
+    run = RunDir(run_dir)
+    inside_run = path.resolve().is_relative_to(run.root.resolve()) and path.resolve() != run.verify_json.resolve()
+    if inside_run or path.is_dir():
+        raise RunDirError(f"--json {path} would overwrite {'a folder' if path.is_dir() else 'a file of the run'} — "
+                          f"pass a new file (or the run's verify.json)")
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            rundir.read_verify_report(path)
+        except RunDirError:
+            raise RunDirError(f"--json {path} exists and is not a verify report; edgetl replaces only its own "
+                              f"reports — pass a new file") from None
 
 
 def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None = None,
@@ -144,6 +198,7 @@ def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None 
     settings = settings or VerifySettings()
     settings.validate()  # flags first, then the run
     require_run(run_dir, recipe=False)
+    check_json_target(json_path, run_dir)
     with files.locked(run_dir), hooks.verifying() as progress:
         result = verify_run(run_dir, settings, json_path=json_path, progress=progress)
     hooks.verified(result)
@@ -156,17 +211,25 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
     """train -> export -> verify (from the first unfinished stage with `resume`), then the scratch comparison."""
     hooks = hooks or Hooks()
     started = time.perf_counter()
-    run_dir = Path(resume or out or default_run_dir(request.recipe))
+    if resume:
+        refuse_changes_on_resume(request, out=out)
+    run_dir = Path(resume or out or default_run_dir(request.recipe or DEFAULT_RECIPE))
     run = RunDir(run_dir)
+    check_export_flags(export)  # every stage's flags before the first stage's work
+    if verify is not None:
+        verify.validate()
     if resume:
         require_run(run_dir)
     stage = first_unfinished(run_dir) if resume else "train"
     todo = STAGES[STAGES.index(stage):] if stage else ("verify",)
     if resume:
         hooks.note(f"resuming {run_dir} at {todo[0]}")
-    if "train" in todo:
-        partial = resume is not None and run.checkpoint("last").is_file()
-        train_stage(request, out=run_dir, resume=run_dir if partial else None, hooks=hooks)
+    if "train" in todo and resume is None:
+        train_stage(request, out=run_dir, hooks=hooks)
+    elif "train" in todo and run.checkpoint("last").is_file():
+        train_stage(request, resume=run_dir, hooks=hooks)
+    elif "train" in todo:  # resumed before the first epoch ended: start over, from the run's own recipe
+        train_stage(dataclasses.replace(request, recipe=str(run.recipe)), out=run_dir, hooks=hooks)
     if "export" in todo:
         export_stage(run_dir, export, hooks=hooks)
     result = verify_stage(run_dir, verify, hooks=hooks)

@@ -29,6 +29,7 @@ from edgetl.rundir import Manifest
 from edgetl.verify.parity import softmax
 
 PREDICT_BATCH = 32  # images decoded and run at once (a fixed-batch export: its own batch)
+MAX_FIXED_BATCH = 1024  # a fixed batch is padded to its size: a manifest cannot make predict allocate more
 
 
 @dataclass
@@ -83,6 +84,9 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
                               f"{', '.join(listed)}) — export one with `edgetl export RUN --precision {precision}`")
     artifact = runnable[0]
     path = export_dir / artifact.file
+    if path.is_symlink() or not path.resolve().is_relative_to(export_dir.resolve()):
+        raise RunDirError(f"{export_dir / 'manifest.json'} lists {artifact.file!r}, which is not a file of the export "
+                          f"folder; predict runs only files inside it — re-run `edgetl export`")
     if not path.is_file():
         raise RunDirError(f"{path} is listed in the manifest but missing — re-run `edgetl export`")
     digest = sha256_file(path)
@@ -98,6 +102,11 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
     declared = runner.outputs[0].shape[-1] if runner.outputs else None
     if isinstance(declared, int):
         _check_output_size(path, declared, manifest)
+    listed_batch = manifest.input.shape[0]
+    file_batch = runner.inputs[0].shape[0] if runner.inputs else listed_batch
+    if isinstance(listed_batch, int) and (listed_batch != file_batch or not 1 <= listed_batch <= MAX_FIXED_BATCH):
+        raise RunDirError(f"{path}: the manifest's fixed batch {listed_batch} is not the file's ({file_batch}) — "
+                          f"the manifest was edited after export; re-export it")
     if embedded is not None:  # None: exported before files described themselves
         for field, listed in (("labels", manifest.labels), ("preprocessing", manifest.preprocessing.to_dict())):
             if embedded[field] != listed:

@@ -17,6 +17,7 @@ antialiased filter (the longer side truncated, as torchvision does), center crop
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from PIL import Image
 from edgetl.errors import RunDirError
 from edgetl.images import check_resizable, load_image
 
+MAX_SIZE = 8192  # pixels per side: beyond any classifier's input
 # manifest name -> PIL filter; the names are torchvision's InterpolationMode values.
 INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -53,6 +55,19 @@ class Preprocessing:
     interpolation: str = "bilinear"  # PIL / torchvision name: "bilinear" | "bicubic" | "nearest"
     channel_order: str = "RGB"
     layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        """Values a device could not run (a read file's schema errors come from here, one field named)."""
+        sizes = (self.crop_size, self.resize_size)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in sizes):
+            raise ValueError(f"crop_size and resize_size must be whole pixels in [1, {MAX_SIZE}] (got {sizes})")
+        if self.resize_size < self.crop_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
+        stats = (*self.mean, *self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in stats):
+            raise ValueError(f"mean and std must be 3 finite numbers each (got {self.mean}, {self.std})")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be > 0 (got {self.std})")
 
     @classmethod
     def from_transforms(cls, transforms: Any) -> Preprocessing:

@@ -24,6 +24,7 @@ from edgetl.errors import BackboneError, RecipeError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # a link to the top-level recipes/ folder; shipped as package data
 
+MAX_LORA_RANK = 1024  # wider than any layer of the shipped backbones; a typo beyond it would allocate GBs
 MAX_LR = 1e6  # far above any useful rate (a NaN run still ends cleanly); beyond it a typo like 1e308 overflows
 _TRAIN_SPEC = re.compile(r"^(head|all|last:([1-9][0-9]*))$")
 
@@ -60,9 +61,9 @@ class Phase(_Strict):
     @field_validator("group_lr")
     @classmethod
     def _positive_rates(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, r in v.items() if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0)]
+        bad = [k for k, r in v.items() if not (isinstance(r, (int, float)) and math.isfinite(r) and 0 < r <= MAX_LR)]
         if bad:
-            raise ValueError(f"rates must be finite and > 0 (bad: {', '.join(bad)})")
+            raise ValueError(f"rates must be finite, > 0 and <= {MAX_LR:g} (bad: {', '.join(bad)})")
         return v
 
     @model_validator(mode="after")
@@ -97,7 +98,7 @@ class Phase(_Strict):
 class LoraSection(_Strict):
     """LoRA adapters: base weights frozen, only adapters (+ head, + norms if asked) train."""
 
-    rank: int = Field(4, ge=1)
+    rank: int = Field(4, ge=1, le=MAX_LORA_RANK)
     alpha: float = Field(8.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: list[str] = Field(default_factory=lambda: ["pointwise"], min_length=1)  # pointwise | conv | linear | name patterns

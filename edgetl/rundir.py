@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from edgetl import __version__, files
 from edgetl.errors import RecipeError, RunDirError
@@ -80,7 +80,7 @@ class CheckpointMeta(_Versioned):
     schema_version: int = Field(SCHEMA_VERSION, validation_alias=AliasChoices("schema_version", "format_version"))
     edgetl_version: str | None = None
     backbone: str
-    num_classes: int
+    num_classes: int = Field(ge=1, le=1_000_000, strict=True)
     labels: list[str]
     preprocessing: Preprocessing
     recipe: dict[str, Any]
@@ -192,6 +192,16 @@ class Manifest(_Versioned):
         return next(a for a in self.artifacts if a.file == file)
 
 
+class LatencyGate(_Schema):
+    """The figure latency bars and --baseline compare: the gating file's p50 (edgetl.verify.latency)."""
+
+    runtime: str
+    file: str
+    batch: int = Field(strict=True)
+    threads: int = Field(strict=True)
+    p50_ms: float = Field(gt=0, allow_inf_nan=False, strict=True)
+
+
 class VerifyReport(_Versioned):
     """verify.json: every check with its bar, the parity figures per file, the latency sweep, the machine."""
 
@@ -207,13 +217,18 @@ class VerifyReport(_Versioned):
     reference: dict[str, Any] | None = None
     parity: dict[str, dict[str, Any] | None] = {}  # file -> edgetl.verify.parity.compare_logits figures
     latency: list[dict[str, Any]] = []  # edgetl.verify.latency.Timing rows
-    gate: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # a LatencyGate, kept as the dict the latency code passes around
     regression: dict[str, Any] | None = None
     go_no_go: list[dict[str, Any]] = []  # per fp16 / int8 file: edgetl.verify.decide
     settings: dict[str, Any] = {}
     machine: dict[str, Any] = {}
     versions: dict[str, str | None] = {}
     manifest_sha256: str | None = None
+
+    @field_validator("gate")
+    @classmethod
+    def _typed_gate(cls, gate: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if gate is None else LatencyGate.model_validate(gate).model_dump()
 
 
 # --- reading and writing ---------------------------------------------------------------------------------------
@@ -313,6 +328,14 @@ class Split(_Schema):
     train: list[tuple[str, str]]  # (entry, class)
     val: list[tuple[str, str]]
     classes: list[str] | None = None
+
+    @field_validator("train", "val")
+    @classmethod
+    def _inside_the_data(cls, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for entry, _ in entries:
+            if Path(entry).is_absolute() or ".." in Path(entry).parts:
+                raise ValueError(f"entry {entry!r} leaves the data folder")
+        return entries
 
 
 def read_split(path: Path) -> dict[str, Any]:

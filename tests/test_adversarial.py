@@ -261,7 +261,9 @@ def test_a_baseline_with_a_zero_p50_is_refused_not_divided_by(run_copy, tmp_path
     report["gate"]["p50_ms"] = 0
     (tmp_path / "v.json").write_text(json.dumps(report))
     result = invoke("verify", run_copy, *FAST, "--baseline", tmp_path / "v.json")
-    assert result.exit_code == 2 and "damaged: " in one_line(result) and "gate.p50_ms is 0" in one_line(result)
+    line = one_line(result)
+    assert result.exit_code == 2 and line.startswith("error: damaged: ") and "gate.p50_ms: Input should be greater than 0" in line
+    assert line.endswith("re-run `edgetl verify`")
 
 
 # --- never touch what edgetl didn't write ----------------------------------------------------------------------
@@ -302,7 +304,7 @@ def test_files_respect_the_umask_and_json_writes_through_a_symlink(tiny, tmp_pat
     assert modes["export/model.onnx"] == 0o640 and modes["export"] == 0o750, modes
     target = tmp_path / "reports" / "verify.json"
     target.parent.mkdir()
-    target.write_text("old")
+    target.write_text("")  # an empty file: nothing of the user's to lose
     (tmp_path / "link.json").symlink_to(target)
     assert invoke("verify", tmp_path / "run", *FAST, "--json", tmp_path / "link.json").exit_code == 0
     assert (tmp_path / "link.json").is_symlink() and json.loads(target.read_text())["passed"] is True
@@ -375,8 +377,9 @@ def test_an_absurd_aspect_ratio_is_skipped_with_a_reason(exported, tmp_path):
     assert "class_" in result.output  # the good image is still answered
 
 
-@pytest.mark.parametrize("names", [("Cat", "cat"), ("caf\u00e9", "cafe\u0301")])
-def test_class_names_that_differ_only_by_case_or_normalisation_are_refused(tmp_path, tiny, names):
+@pytest.mark.parametrize("names", [("Cat", "cat"), ("caf\u00e9", "cafe\u0301"), ("cat", "\uff43\uff41\uff54"),
+                                   ("cat", "cat "), ("cat", "ca\u200bt")])
+def test_class_names_that_look_the_same_are_refused(tmp_path, tiny, names):
     from PIL import Image
 
     _, recipe = tiny
@@ -385,7 +388,7 @@ def test_class_names_that_differ_only_by_case_or_normalisation_are_refused(tmp_p
             (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(tmp_path / "data" / name / f"{i}.png")
     result = invoke("train", "--recipe", recipe, "--data", tmp_path / "data", "--out", tmp_path / "run")
-    assert result.exit_code == 2 and "differ only by case or Unicode normalisation" in one_line(result)
+    assert result.exit_code == 2 and "differ only by case, Unicode form or invisible characters" in one_line(result)
     assert not (tmp_path / "run").exists()
 
 
@@ -405,3 +408,169 @@ def test_control_characters_in_a_name_are_shown_not_run(tmp_path):
     result = invoke("export", tmp_path / "evil\x1b[2Jname")
     assert result.exit_code == 2
     assert "\x1b" not in result.output and "evil\\x1b[2Jname" in one_line(result)
+
+
+# --- the second hostile pass: other instances of the same classes ------------------------------------------------
+
+
+def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(finished_copy, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (finished_copy / ".edgetl.lock").symlink_to(victim)
+    result = invoke("export", finished_copy, "--format", "onnx")
+    assert result.exit_code == 2 and ".edgetl.lock is a symlink, not edgetl's lock file" in one_line(result)
+    assert victim.read_text() == "mine" and (finished_copy / ".edgetl.lock").is_symlink()
+
+
+@pytest.mark.parametrize("target", ["export/manifest.json", "checkpoints/best.pt", "user"])
+def test_verify_json_never_overwrites_the_runs_files_or_the_users(finished_copy, tmp_path, target):
+    path = tmp_path / "notes.json" if target == "user" else finished_copy / target
+    if target == "user":
+        path.write_text('{"mine": true}')
+    before = path.read_bytes()
+    result = invoke("verify", finished_copy, *FAST, "--json", path)
+    assert result.exit_code == 2 and "--json" in one_line(result)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
+def test_predict_runs_only_files_inside_the_export(finished_copy, tmp_path, where):
+    from PIL import Image
+
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(finished_copy / "export" / "model.onnx", outside)
+    if where == "symlink":
+        (finished_copy / "export" / "model.onnx").unlink()
+        (finished_copy / "export" / "model.onnx").symlink_to(outside)
+    else:
+        edit_manifest(finished_copy, lambda m: m["artifacts"][0].update(
+            file=str(outside) if where == "absolute" else "../../outside.onnx"))
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    result = invoke("predict", finished_copy, tmp_path / "a.png")
+    assert result.exit_code == 2 and "not a file of the export folder" in one_line(result)
+
+
+def test_run_refuses_bad_export_and_verify_flags_before_training(tiny, tmp_path):
+    data, recipe = tiny
+    for flags in (["--atol", "-1"], ["--opset", "5"], ["--latency-seconds", "601"], ["--precision", "int4"]):
+        result = invoke("run", "--recipe", recipe, "--data", data, "--out", tmp_path / "run", *flags)
+        assert result.exit_code == 2, result.output
+        assert not (tmp_path / "run").exists(), flags
+
+
+def test_train_out_refuses_a_folder_that_only_looks_like_a_run(tiny, tmp_path):
+    data, recipe = tiny
+    mine = tmp_path / "mine"
+    (mine / "export").mkdir(parents=True)
+    (mine / "recipe.resolved.toml").write_text(recipe.read_text())
+    (mine / "labels.json").write_text('["my"]')
+    (mine / "export" / "manifest.json").write_text("mine")
+    result = invoke("train", "--recipe", recipe, "--data", data, "--out", mine)
+    assert result.exit_code == 2 and "not an edgetl run" in one_line(result)
+    assert (mine / "labels.json").read_text() == '["my"]'
+
+
+def test_export_out_keeps_a_folder_named_like_a_listed_file(finished_copy, tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "model.onnx").mkdir(parents=True)
+    (fake / "model.onnx" / "keep.txt").write_text("mine")
+    shutil.copy(finished_copy / "export" / "manifest.json", fake / "manifest.json")
+    result = invoke("export", finished_copy, "--format", "onnx", "--out", fake)
+    assert result.exit_code == 2 and "holds files edgetl did not export (model.onnx)" in one_line(result)
+    assert (fake / "model.onnx" / "keep.txt").read_text() == "mine"
+
+
+def test_export_out_into_a_run_another_process_holds_is_refused(finished_copy, exported, tmp_path):
+    import os
+
+    from edgetl import files
+
+    with files.locked(finished_copy):
+        result = invoke("export", exported, "--format", "onnx", "--out", finished_copy / "export")
+    assert result.exit_code == 2 and f"(pid {os.getpid()})" in one_line(result)
+
+
+def test_export_out_inside_the_runs_data_is_refused(finished_copy, tiny):
+    data, _ = tiny
+    result = invoke("export", finished_copy, "--format", "onnx", "--out", data / "train" / "zebra")
+    assert result.exit_code == 2 and "inside the run's data folder" in one_line(result)
+    assert not (data / "train" / "zebra").exists()
+
+
+@pytest.mark.parametrize("flags", [["--atol", "nan"], ["--max-latency-ms", "nan"], ["--max-regression", "nan"],
+                                   ["--atol", "inf"]])
+def test_non_finite_bars_are_usage_errors(exported, flags):
+    result = invoke("verify", exported, *FAST, *flags)
+    assert result.exit_code == 2 and "must be a finite number" in one_line(result)
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda c: c["preprocessing"].update(crop_size=-5), "preprocessing"),
+    (lambda c: c.update(num_classes="3"), "num_classes"),
+    (lambda c: c.update(lora={"rank": "x"}), "lora"),
+])
+def test_damaged_checkpoint_fields_are_one_damaged_line(finished_copy, change, field):
+    import torch
+
+    path = finished_copy / "checkpoints" / "best.pt"
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, path)
+    for args in (["export", finished_copy, "--format", "onnx"], ["verify", finished_copy, *FAST]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and one_line(result).startswith(f"error: damaged: {path} ({field}"), result.output
+
+
+def test_a_manifest_batch_that_would_allocate_petabytes_fails_its_meaning_check(finished_copy, tmp_path):
+    from PIL import Image
+
+    edit_manifest(finished_copy, lambda m: m["input"]["shape"].__setitem__(0, 10**12))
+    result = invoke("verify", finished_copy, *FAST)
+    assert result.exit_code == 1 and "fixed input batch" in result.output and "MemoryError" not in result.output
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    result = invoke("predict", finished_copy, tmp_path / "a.png")
+    assert result.exit_code == 2 and "fixed batch" in one_line(result)
+
+
+def test_a_folder_link_out_of_the_data_is_skipped_not_walked(tiny, tmp_path):
+    data, recipe = tiny
+    copy = shutil.copytree(data, tmp_path / "data")
+    (copy / "train" / "circle" / "rootlink").symlink_to("/")
+    result = invoke("train", "--recipe", recipe, "--data", copy, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    skipped = dict(json.loads((tmp_path / "run" / "data.json").read_text())["skipped"])
+    assert skipped[str(copy / "train" / "circle" / "rootlink")] == "folder link out of the data folder (to /)"
+
+
+@pytest.mark.parametrize("flags", [["--seed", "99"], ["--recipe", "quickstart"], ["--epochs-scale", "3"],
+                                   ["--out", "elsewhere"]])
+def test_a_resume_refuses_flags_that_would_change_the_run(cut_run, flags):
+    result = invoke("train", "--resume", cut_run, *flags)
+    assert result.exit_code == 2 and f"{flags[0]} would change it" in one_line(result)
+
+
+def test_a_split_entry_leaving_the_data_folder_is_damage(cut_run):
+    split = json.loads((cut_run / "split.json").read_text())
+    split["train"][0][0] = "../../../etc/hostname"
+    (cut_run / "split.json").write_text(json.dumps(split))
+    result = invoke("train", "--resume", cut_run)
+    assert result.exit_code == 2 and "leaves the data folder" in one_line(result)
+    assert one_line(result).startswith(f"error: damaged: {cut_run / 'split.json'}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["export", "RUN", "--batch", "100000000"], "--batch must be dynamic or a size from 1 to 256"),
+])
+def test_other_unbounded_flags_are_refused(exported, args, message):
+    result = invoke(*[exported if a == "RUN" else a for a in args])
+    assert result.exit_code == 2 and message in one_line(result)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lora": {"rank": 100_000_000}}, "lora.rank"),
+    ({"phases": [{"name": "head", "epochs": 1, "group_lr": {"head": 1e300}}]}, "phases.0.group_lr"),
+])
+def test_recipe_values_that_would_exhaust_memory_or_overflow_are_refused(change, message):
+    data = {"backbone": "mobilenet_v3_small", "weights": "none", "phases": [{"name": "head", "epochs": 1}], **change}
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(data)

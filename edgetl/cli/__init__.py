@@ -144,7 +144,7 @@ def _shown_on_failure(call):
 
 @command
 def train(
-    recipe: RecipeOpt = "quickstart", data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
+    recipe: RecipeOpt = None, data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
     out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
     lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, resume: ResumeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
@@ -199,7 +199,7 @@ def export(
 
 @command
 def run(
-    recipe: RecipeOpt = "quickstart", data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
+    recipe: RecipeOpt = None, data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
     out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
     lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = FormatChoice.all,
     opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = 32, atol: AtolOpt = None,

@@ -53,7 +53,7 @@ def _batch_size(value: str | int | None) -> int | None:
     raise typer.BadParameter(f"expected `dynamic` or a positive batch size, got {value!r}")
 
 
-RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see `edgetl recipes`) or path to a .toml file.")]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name (see `edgetl recipes`) or path to a .toml file (default: quickstart).")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="A folder (train/ + val/, or class folders), `sample`, or `cifar10`.")]
 SubsetOpt = Annotated[Optional[int], typer.Option("--subset", help="Use only this many training images (torchvision datasets).")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="`imagenet`, `none`, or a path to a .pth/.pt/.safetensors state dict.")]

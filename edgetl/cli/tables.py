@@ -33,7 +33,7 @@ def train_table(result: TrainSummary) -> Table:
     for p in result.phases:
         epochs = f"{p.epochs}/{p.planned_epochs}" + (" (early stop)" if p.stopped_early else "")
         gain = "—" if p.val_acc_gain is None else f"{100 * p.val_acc_gain:+.1f} pts · {p.gain_per_minute:+.1f}/min"
-        table.add_row(p.name, epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s", gain)
+        table.add_row(Text(printable(p.name)), epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s", gain)
     table.add_section()
     table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
                   f"{result.wall_seconds:.1f} s in all", "", style="bold")
@@ -154,7 +154,7 @@ def _guard(quantization: dict[str, Any] | None) -> str:
     guard = (quantization or {}).get("guard") or {}
     if not guard.get("rounds"):
         return "—"
-    last = guard["rounds"][-1]
+    last = guard["rounds"][guard.get("kept_round", -1)]  # the round whose file was kept
     kept = len(guard.get("excluded_nodes") or [])
     agree = f"{100 * last['top1_agreement']:.1f} % agree" if "top1_agreement" in last else last.get("why", "")
     return f"{'✓' if last.get('passed') else '✗'} {agree}" + (f", {kept} node(s) float" if kept else "")
@@ -205,7 +205,7 @@ def info_tables(info: Any) -> list[Table]:
     head.add_column("key", style="bold")
     head.add_column("value")
     head.add_row("backbone", f"{recipe.backbone} · weights {recipe.weights} · data {recipe.data}")
-    head.add_row("phases", " → ".join(f"{p.name} ({p.train}, {p.epochs} ep)" for p in recipe.phases))
+    head.add_row("phases", Text(printable(" → ".join(f"{p.name} ({p.train}, {p.epochs} ep)" for p in recipe.phases))))
     head.add_row("classes", Text(printable(", ".join(info.labels or []))))
     train = info.train
     head.add_row("training", f"{info.epochs_done} epochs done" + (
@@ -238,7 +238,7 @@ def recipes_table() -> Table:
         r = load_recipe(name)
         size = r.image_size or get_backbone(r.backbone).preprocessing.crop_size
         lora = f" + LoRA r{r.lora.rank}" if r.lora else ""
-        table.add_row(name, r.backbone + lora, f"{size} px", " → ".join(f"{p.name} ({p.train})" for p in r.phases),
+        table.add_row(name, r.backbone + lora, f"{size} px", Text(printable(" → ".join(f"{p.name} ({p.train})" for p in r.phases))),
                       str(sum(p.epochs for p in r.phases)))
     return table
 

@@ -42,6 +42,7 @@ RANDOM_INPUTS = 2
 # reference on efficientnet_b0's logits of ~18, so a flat 1e-4 would fail on rounding, not on folding.
 FOLD_ATOL = 1e-4
 MANIFEST = "manifest.json"
+MAX_BATCH = 256  # a fixed batch is traced with that many images: beyond this, gigabytes for nothing a device uses
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,15 @@ def _step(what: str, out: Path) -> Iterator[None]:
         raise ExportError(f"export failed at {what}: {describe_error(e, limit=300)} — {out} is left as it was") from e
 
 
+def _check_outside_data(out: Path, run_dir: Path) -> None:
+    """An export inside the run's data folder would be read as a class of images by the next training."""
+    split = RunDir(run_dir).split
+    root = rundir.read_split(split).get("root") if split.is_file() else None
+    if root and Path(root).is_dir() and out.resolve().is_relative_to(Path(root).resolve()):
+        raise EdgetlError(f"--out {out} is inside the run's data folder {root}: the next training would read it as "
+                          f"data — pass --out a folder outside it")
+
+
 def _check_replaceable(out: Path) -> None:
     """Only an export (or an empty folder) may be replaced wholesale: a folder holding its manifest and the files
     it lists, nothing else — never a folder of the user's files that merely has a manifest.json in it."""
@@ -109,7 +119,9 @@ def _check_replaceable(out: Path) -> None:
         listed = {a.file for a in rundir.read_manifest(out / MANIFEST).artifacts}
     except RunDirError as e:
         raise EdgetlError(f"{out} is not a readable edgetl export ({e}) — {fix}") from None
-    foreign = sorted(entries - listed - {MANIFEST})
+    # A listed name that is a folder or a link is not a file edgetl wrote: keep.txt inside "model.onnx/" is the user's.
+    foreign = sorted((entries - listed - {MANIFEST})
+                     | {name for name in entries if (out / name).is_symlink() or not (out / name).is_file()})
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
         raise EdgetlError(f"{out} holds files edgetl did not export ({shown}); replacing the folder would delete "
@@ -140,8 +152,8 @@ def check_request(formats: Sequence[str], *, opset: int | None, batch: int | Non
     names = resolve_formats(formats)
     if checkpoint not in CHECKPOINTS:
         raise EdgetlError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(CHECKPOINTS)}")
-    if batch is not None and batch < 1:
-        raise EdgetlError(f"batch must be a positive size or dynamic (got {batch})")
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise EdgetlError(f"--batch must be dynamic or a size from 1 to {MAX_BATCH} (got {batch})")
     request = ExportMeta(backbone="", labels=[], preprocessing={}, recipe_sha256=None, batch=batch, opset=opset)
     for name in names:
         FORMATS[name].check_request(request)
@@ -193,6 +205,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
     plan.validate()
     out = Path(out) if out is not None else RunDir(run_dir).export_dir
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
+    _check_outside_data(out, run_dir)
     _check_replaceable(out)
     try:  # before the slow work: an --out under a file, or on a read-only disk, is a usage error
         out.parent.mkdir(parents=True, exist_ok=True)

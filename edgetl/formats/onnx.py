@@ -88,8 +88,12 @@ def read_onnx_meta(path: Path) -> dict[str, Any] | None:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    return embedded_meta({p.key: p.value for p in proto.metadata_props})
+    meta = embedded_meta({p.key: p.value for p in proto.metadata_props})
+    if meta is not None:  # the opset the file really has, for the manifest's claim to be checked against
+        meta["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return meta
 
 
 FORMAT = Format(name="onnx", file="model.onnx", write=write_onnx, load=load_onnx, runtime="onnxruntime (CPU)",
-                gates_latency=True, check_request=check_request, derive={"int8": quantize_int8, "fp16": to_fp16}, read_meta=read_onnx_meta)
+                gates_latency=True, check_request=check_request, read_meta=read_onnx_meta,
+                derive={"int8": quantize_int8, "fp16": to_fp16})

@@ -71,16 +71,21 @@ def checkpoint_meta(ckpt: dict[str, Any], *, source: Path | str) -> CheckpointMe
 
 def build_model(ckpt: dict[str, Any], *, source: Path | str = "checkpoint") -> nn.Module:
     """The model a checkpoint describes (with LoRA adapters when it has them), weights loaded, eval mode."""
+    meta = checkpoint_meta(ckpt, source=source)  # typed first: a damaged field is one line, never a TypeError
     try:
-        backbone = get_backbone(ckpt["backbone"])
+        backbone = get_backbone(meta.backbone)
     except BackboneError as e:
         raise CheckpointError(f"{source}: {e}") from None
-    model = backbone.build(ckpt["num_classes"])
-    if ckpt.get("lora"):
+    model = backbone.build(meta.num_classes)
+    if meta.lora:
         from edgetl.train.lora import LoraConfig, inject_lora
 
-        inject_lora(model, LoraConfig(**ckpt["lora"]))
-    check_fits(model, ckpt["model"], backbone=ckpt["backbone"], num_classes=ckpt["num_classes"], source=source)
+        try:
+            config = LoraConfig(**meta.lora)
+        except (TypeError, ValueError) as e:
+            raise damaged(source, f"lora: {e}", error=CheckpointError) from None
+        inject_lora(model, config)
+    check_fits(model, ckpt["model"], backbone=meta.backbone, num_classes=meta.num_classes, source=source)
     model.load_state_dict(ckpt["model"])
     return model.eval()
 

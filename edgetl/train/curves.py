@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgetl.errors import printable
 from edgetl.files import atomic_path
 
 
@@ -32,7 +33,7 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     for m in starts:
         for ax in (ax_loss, ax_acc):
             ax.axvline(m["epoch"] - 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.text(m["epoch"] - 0.45, 0.98, m["phase"], transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+            ax.text(m["epoch"] - 0.45, 0.98, printable(m["phase"]), transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
     ax_acc.set_ylim(0, 1.02)
     ax_loss.legend(loc="upper right")
     ax_acc.legend(loc="lower right")

@@ -176,8 +176,8 @@ def _list_folder(root: Path, *, seed: int, val_fraction: float, subset: int | No
         return classes, split["train"], split["val"], skipped, dict(split)
     presplit = (root / "train").is_dir() and (root / "val").is_dir()
     if presplit:
-        train_files, skipped = _list_classes(root / "train")
-        val_files, val_skipped = _list_classes(root / "val")
+        train_files, skipped = _list_classes(root / "train", root=root)
+        val_files, val_skipped = _list_classes(root / "val", root=root)
         skipped += val_skipped
         extra = sorted(set(val_files) - set(train_files))
         if extra:
@@ -187,7 +187,7 @@ def _list_folder(root: Path, *, seed: int, val_fraction: float, subset: int | No
         train = [[(Path("train") / c / f).as_posix(), c] for c in classes for f in train_files[c]]
         val = [[(Path("val") / c / f).as_posix(), c] for c in sorted(val_files) for f in val_files[c]]
     else:
-        files, skipped = _list_classes(root)
+        files, skipped = _list_classes(root, root=root)
         classes = _check_classes(files, where=root)
         train, val = _split(files, seed=seed, val_fraction=val_fraction, where=root)
     if subset is not None:
@@ -229,7 +229,7 @@ def same_content(root: Path, train: list[Entry], val: list[Entry]) -> list[tuple
     return [(entry, train_digests[d]) for d, entry in val_digests if d in train_digests]
 
 
-def _list_classes(folder: Path) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+def _list_classes(folder: Path, *, root: Path) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
     """{class: [paths relative to the class folder]} for every non-hidden subfolder, and what was skipped."""
     files: dict[str, list[str]] = {}
     skipped: list[tuple[str, str]] = []
@@ -242,7 +242,7 @@ def _list_classes(folder: Path) -> tuple[dict[str, list[str]], list[tuple[str, s
         if _ignored(entry.name):
             continue
         if entry.is_dir():
-            files[entry.name] = [p.relative_to(entry.path).as_posix() for p in _walk(Path(entry.path), skipped)]
+            files[entry.name] = [p.relative_to(entry.path).as_posix() for p in _walk(Path(entry.path), skipped, root=root)]
         else:
             loose += 1
     if loose:
@@ -252,7 +252,7 @@ def _list_classes(folder: Path) -> tuple[dict[str, list[str]], list[tuple[str, s
     return files, skipped
 
 
-def _walk(top: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+def _walk(top: Path, skipped: list[tuple[str, str]], *, root: Path) -> list[Path]:
     """Image candidates under `top`, sorted. Each real folder is entered once, so a symlink loop can't hang;
     cheap rejections (broken links, empty or non-image files) are appended to `skipped`."""
     known = set(Image.registered_extensions())
@@ -275,7 +275,11 @@ def _walk(top: Path, skipped: list[tuple[str, str]]) -> list[Path]:
                 continue
             if stat.S_ISDIR(info.st_mode):
                 real = os.path.realpath(path)
-                if real in seen:
+                # A link to / would walk the whole disk: folders stay within the data (or the class folder's own
+                # target, when the class folder itself is a link).
+                if not any(Path(real).is_relative_to(os.path.realpath(base)) for base in (root, top)):
+                    skipped.append((str(path), f"folder link out of the data folder (to {real})"))
+                elif real in seen:
                     skipped.append((str(path), f"symlink loop (folder {real} already visited)"))
                 else:
                     seen.add(real)
@@ -319,14 +323,21 @@ def _stratified_first(labels: list[str], n: int) -> list[int]:
     return sorted(sorted(range(len(labels)), key=lambda i: (rank[i], labels[i]))[:n])
 
 
+def class_key(name: str) -> str:
+    """What makes two class names the same to a person or another file system: compatibility forms (NFKC:
+    full-width letters), case, invisible format characters (zero-width spaces) and outer spaces."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf").strip()
+
+
 def _check_classes(files: dict[str, list[str]], *, where: Path) -> list[str]:
     seen: dict[str, str] = {}
     for name in sorted(files):
-        key = unicodedata.normalize("NFC", name).casefold()
+        key = class_key(name)
         if key in seen:
-            raise DataError(f"{where}: class folders {seen[key]!r} and {name!r} differ only by case or Unicode "
-                            f"normalisation — one class on macOS and Windows, two look-alike labels on a device: "
-                            f"merge them or rename one")
+            raise DataError(f"{where}: class folders {seen[key]!r} and {name!r} differ only by case, Unicode form "
+                            f"or invisible characters — one class on macOS and Windows, two look-alike labels on a "
+                            f"device: merge them or rename one")
         seen[key] = name
     if len(files) < 2:
         found = f" ({', '.join(files)})" if files else ""

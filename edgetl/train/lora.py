@@ -38,6 +38,15 @@ class LoraConfig:
     allow_depthwise: bool = False  # patterns may adapt depthwise convs only when this is set
     exclude: list[str] = field(default_factory=list)  # module-name patterns never adapted (e.g. the classifier)
 
+    def __post_init__(self) -> None:
+        """A checkpoint's [lora] read back must be what a recipe allows (edgetl.recipe.LoraSection)."""
+        if not (isinstance(self.rank, int) and not isinstance(self.rank, bool) and 1 <= self.rank <= 1024):
+            raise ValueError(f"rank must be a whole number in [1, 1024] (got {self.rank!r})")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0 (got {self.alpha!r})")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1) (got {self.dropout!r})")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -111,12 +111,21 @@ def zero_new_classifier(model: nn.Module, keys: list[str]) -> None:
         state[key].zero_()
 
 
+# Everything a run folder holds before its first epoch ends (and the later stages' folders, left by an old run).
+RUN_NAMES = {"recipe.resolved.toml", "labels.json", "preprocessing.json", "split.json", "data.json", "metrics.jsonl",
+             "curves.png", "checkpoints"}
+
+
 def check_out(run: RunDir, *, data: str) -> None:
     """A run writes only into a new or empty folder, or one of its own: never over a user's files, and never
     inside the data folder (curves.png in a class folder would be trained on next time)."""
     root = run.root
     names = sorted(p.name for p in root.iterdir() if p.name != files.LOCK_NAME) if root.is_dir() else []
-    if names and not run.recipe.is_file():
+    # Only a run edgetl started and that never finished an epoch may be started over: it has the files written
+    # before the first epoch, and nothing else. A recipe.resolved.toml among a user's files is not enough.
+    started = {run.recipe.name, run.split.name, run.preprocessing.name}
+    unfinished_run = started <= set(names) and set(names) <= RUN_NAMES
+    if names and not unfinished_run:
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
         raise EdgetlError(f"--out {root} holds files that are not an edgetl run ({shown}); training would overwrite "
                           f"them — pass --out a new or empty folder")

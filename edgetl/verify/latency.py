@@ -251,7 +251,7 @@ def check_regression(now: dict[str, Any], gate: Gate, *, old: VerifyReport, base
     else:
         p50 = then.get("p50_ms")
         if not (isinstance(p50, (int, float)) and math.isfinite(p50) and p50 > 0):
-            raise damaged(baseline or "baseline", f"gate.p50_ms is {p50!r}, not a time in ms")
+            raise damaged(baseline or "baseline", f"gate.p50_ms is {p50!r}, not a time in ms", stage="verify")
         change = now["p50_ms"] / p50 - 1
         ok = gate.check(now["file"], "regression", "p50 change vs baseline", change, "<=", max_regression,
                         unit="+%", detail=f"{now['p50_ms']:.3g} ms now, {then['p50_ms']:.3g} ms in {baseline}")

@@ -81,6 +81,7 @@ def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, i
         ok = gate.check(name, "names", "input name", got_in.name, "==", want_in.name)
         ok &= gate.check(name, "names", "output name", got_out.name, "==", want_out.name)
         ok &= gate.check(name, "shapes", "input dtype", got_in.dtype, "==", want_in.dtype)
+        ok &= gate.check(name, "shapes", "output dtype", got_out.dtype, "==", want_out.dtype)
         ok &= gate.check(name, "shapes", "input shape", _dims(got_in.shape), "==", _dims(want_in.shape))
         ok &= gate.check(name, "shapes", "output shape", _dims(got_out.shape), "==", _dims(want_out.shape))
         if not ok:

@@ -65,7 +65,10 @@ class VerifySettings:
         """Bad flag values are usage errors (exit 2), never silently corrected."""
         t, cores = self.threads or (), all_threads()
         seconds = self.timing.seconds
-        problems = [
+        finite = {"--atol": self.atol, "--min-top1": self.min_top1, "--max-latency-ms": self.max_latency_ms,
+                  "--max-regression": self.max_regression}
+        problems = [(value is not None and not math.isfinite(value), f"{flag} must be a finite number (got {value})")
+                    for flag, value in finite.items()] + [
             (self.samples < 0, f"--samples must be >= 0 (got {self.samples})"),
             (self.atol is not None and self.atol < 0, f"--atol must be >= 0 (got {self.atol})"),
             (self.min_top1 is not None and not 0 <= self.min_top1 <= 1,
@@ -120,7 +123,8 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     check_integrity(run.export_dir, manifest, gate)
     if not gate.failures:  # never load a file that is not the one exported
         runnable, checkpoint = _check_parity_all(run, manifest, settings, gate, report, progress)
-        _check_latency(run, manifest, runnable, checkpoint, settings, gate, report, old, progress)
+        if not any(c.kind == "meaning" for c in gate.failures):  # a misstated manifest sizes no timing batch
+            _check_latency(run, manifest, runnable, checkpoint, settings, gate, report, old, progress)
     report.go_no_go = go_no_go(manifest, report, gate)
     report.passed = not gate.failures
     report.failures = [c.message() for c in gate.failures]
@@ -192,6 +196,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         if exported is not None:  # the reference must be the checkpoint the export was made from
             gate.check(name, "integrity", key, value, "==", exported, detail=fix)
     check_meaning(manifest, meta, gate, export_dir=run.export_dir, warn=lambda message: _warn(report, message))
+    if any(c.kind == "meaning" for c in gate.failures):
+        return [], checkpoint  # never run a file by a manifest that misstates it (its shapes size the batches)
     reference = torch_runner(model)
     progress("inputs")
     inputs = gather_inputs(run.root, labels=manifest.labels, preprocessing=manifest.preprocessing,
@@ -235,6 +241,13 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                meta.preprocessing.to_dict(), detail=fix)
     crop = meta.preprocessing.crop_size
     gate.check("manifest.json", "meaning", "input shape", manifest.input.shape[1:], "==", [3, crop, crop], detail=fix)
+    batch = manifest.input.shape[0]  # it sizes every batch verify and predict run: bounded before anything runs
+    if isinstance(batch, int):
+        gate.check("manifest.json", "meaning", "fixed input batch", batch, ">=", 1, detail=fix)
+        gate.check("manifest.json", "meaning", "fixed input batch", batch, "<=", MAX_BATCH, detail=fix)
+    files = [a.file for a in manifest.artifacts]
+    gate.check("manifest.json", "meaning", "files listed twice", sorted({f for f in files if files.count(f) > 1}),
+               "==", [], detail=fix)
     for artifact in manifest.artifacts:
         path = export_dir / artifact.file
         fmt = FORMATS.get(artifact.format)
@@ -258,6 +271,8 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
         if "precision" in embedded:  # files from before 0.2 do not say
             gate.check(artifact.file, "meaning", "embedded precision", embedded["precision"], "==",
                        artifact.precision, detail=edited)
+        if embedded.get("opset") is not None and artifact.opset is not None:
+            gate.check(artifact.file, "meaning", "opset", embedded["opset"], "==", artifact.opset, detail=edited)
 
 
 def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntry], checkpoint: Path,

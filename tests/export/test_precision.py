@@ -103,20 +103,24 @@ def test_auto_activations_times_both_types_here_and_keeps_the_faster(straight, t
     assert quantization["activations"] == min(timed, key=timed.get)
 
 
-def test_the_guard_keeps_the_noisiest_nodes_float_until_the_bar_holds_or_rounds_run_out(straight, tmp_path,
+def test_the_guard_keeps_the_ends_then_the_noisiest_nodes_float_and_keeps_the_best_round(straight, tmp_path,
                                                                                          monkeypatch):
+    from edgetl.formats.onnx_precision import boundary_nodes, preprocessed
+
     _, run = straight
     run = shutil.copytree(run, tmp_path / "run")
-    # An impossible bar: every round fails, so the guard excludes 1, then 2 more nodes, then gives up.
-    monkeypatch.setitem(precision_module.BARS, "int8", Bars(min_top1=1.01))
+    # An impossible bar: every round fails, so the guard keeps the ends float, then 2 more nodes, then stops.
+    monkeypatch.setitem(precision_module.BARS, "int8", Bars(min_top1=0.0, max_accuracy_drop=-1.0))
     monkeypatch.setattr(precision_module, "GUARD_ROUNDS", 2)
     result = export_run(run, formats=["onnx"], precisions=["int8"], plan=PLAN)
     guard = result.artifacts[1].quantization["guard"]
-    assert guard["passed"] is False and [r["excluded"] for r in guard["rounds"]] == [0, 1, 3]
-    assert len(guard["excluded_nodes"]) == 3 == len(result.artifacts[1].quantization["excluded_nodes"])
-    names = {n.name for n in onnx.load(str(run / "export" / "model.int8.onnx")).graph.node}
-    float_nodes = [n for n in guard["excluded_nodes"] if n in names]
-    assert float_nodes, "the excluded nodes stay in the graph, unquantized"
+    excluded = [r["excluded_nodes"] for r in guard["rounds"]]
+    ends = boundary_nodes(preprocessed(run / "export" / "model.onnx", tmp_path))
+    assert len(ends) == 2 and excluded[0] == [] and excluded[1] == ends and excluded[2][:2] == ends
+    assert len(excluded[2]) == 4 and guard["passed"] is False
+    drops = [r["accuracy_drop"] for r in guard["rounds"]]
+    assert guard["kept_round"] == drops.index(min(drops))  # none holds: the smallest drop is kept
+    assert guard["excluded_nodes"] == excluded[guard["kept_round"]]
 
 
 @pytest.mark.parametrize("args, message", [
