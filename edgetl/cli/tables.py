@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +223,7 @@ def info_tables(info: Any) -> list[Table]:
         head.add_row("verify", f"{state} · {verify.created or ''}" + (f" · ONNX p50 {gate['p50_ms']:.2f} ms" if gate else ""))
     else:
         head.add_row("verify", "not verified")
-    head.add_row("next", f"edgetl run --resume {shown(info.run_dir)}  (continues at {info.next_stage})" if info.next_stage else "all stages done")
+    head.add_row("next", f"edgetl run --resume {shown(shlex.quote(str(info.run_dir)))}  (continues at {info.next_stage})" if info.next_stage else "all stages done")
     return [head]
 
 

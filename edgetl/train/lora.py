@@ -110,11 +110,8 @@ def select_layers(model: nn.Module, config: LoraConfig) -> list[str]:
 
 
 def inject_lora(model: nn.Module, config: LoraConfig) -> list[str]:
-    """Add adapters in place (base weights untouched); return the adapted layer names."""
-    if config.rank < 1:
-        raise RecipeError(f"lora rank must be >= 1 (got {config.rank})")
-    if not config.alpha > 0:
-        raise RecipeError(f"lora alpha must be > 0 (got {config.alpha})")
+    """Add adapters in place (base weights untouched); return the adapted layer names (the config's values
+    were checked when it was built)."""
     if not 0 <= config.dropout < 1:
         raise RecipeError(f"lora dropout must be in [0, 1) (got {config.dropout})")
     names = select_layers(model, config)

@@ -105,8 +105,8 @@ class ChecksFailed(VerifyFailed):
 
     def __init__(self, result: VerifyResult) -> None:
         failures = [c.message() for c in result.checks if not c.passed]
-        super().__init__(f"verify failed {len(failures)} check(s) (report: {result.json_path}):\n  "
-                         + "\n  ".join(failures))
+        super().__init__(f"verify failed {len(failures)} check(s) (report: {result.json_path}): "
+                         + "; ".join(failures))  # one line: the tables above hold the detail
         self.result = result
 
 

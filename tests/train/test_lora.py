@@ -98,8 +98,8 @@ def test_bad_patterns_and_depthwise_patterns_are_refused():
         inject_lora(model, LoraConfig(targets=["backbone.layer9.*"]))
     with pytest.raises(RecipeError, match="depthwise"):
         inject_lora(model, LoraConfig(targets=["features.1.block.0.0"]))
-    with pytest.raises(RecipeError, match="rank must be >= 1"):
-        inject_lora(model, LoraConfig(rank=0))
+    with pytest.raises(ValueError, match=r"rank must be a whole number in \[1, 1024\]"):
+        LoraConfig(rank=0)  # refused on construction: a checkpoint's [lora] is checked as it is read
     names = inject_lora(model, LoraConfig(targets=["features.1.block.0.0"], allow_depthwise=True))
     assert names == ["features.1.block.0.0"]
 
