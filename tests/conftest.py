@@ -81,3 +81,19 @@ def straight(tiny, tmp_path_factory):
 
     train(recipe, run_dir=run, device="cpu")
     return recipe, run
+
+
+@pytest.fixture(scope="session")
+def exported_both(tmp_path_factory):
+    """A fake run exported as ONNX and TorchScript (what verify and predict read), shared by the test modules."""
+    from edgetl.export import export_run
+
+    run = make_run(tmp_path_factory.mktemp("exported-both"), backbone="mobilenet_v3_small", image_size=32)
+    export_run(run, formats=["onnx", "torchscript"])
+    return run
+
+
+@pytest.fixture
+def exported_both_copy(exported_both, tmp_path):
+    """A copy to damage."""
+    return shutil.copytree(exported_both, tmp_path / "run")

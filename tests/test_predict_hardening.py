@@ -34,19 +34,14 @@ def error_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """ONNX (what predict runs first) and TorchScript."""
-    from edgetl.testing import make_run
-
-    run = make_run(tmp_path_factory.mktemp("predict-hardening"), backbone="mobilenet_v3_small", image_size=32)
-    export_run(run, formats=["onnx", "torchscript"])
-    return run
+@pytest.fixture
+def exported(exported_both):
+    return exported_both
 
 
 @pytest.fixture
-def run_copy(exported, tmp_path):
-    return shutil.copytree(exported, tmp_path / "run")
+def run_copy(exported_both_copy):
+    return exported_both_copy
 
 
 @pytest.fixture(scope="module")

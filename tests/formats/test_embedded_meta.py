@@ -4,7 +4,6 @@ the manifest's, and only warns about a file that has none (exported by an older 
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 
 import onnx
@@ -13,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.export import export_run
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 
@@ -24,18 +22,14 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from edgetl.testing import make_run
-
-    run = make_run(tmp_path_factory.mktemp("embedded"), backbone="mobilenet_v3_small", image_size=32)
-    export_run(run, formats=["onnx", "torchscript"])
-    return run
+@pytest.fixture
+def exported(exported_both):
+    return exported_both
 
 
 @pytest.fixture
-def run_copy(exported, tmp_path):
-    return shutil.copytree(exported, tmp_path / "run")
+def run_copy(exported_both_copy):
+    return exported_both_copy
 
 
 def manifest_of(run) -> dict:
