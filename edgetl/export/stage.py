@@ -89,6 +89,8 @@ def _step(what: str, out: Path) -> Iterator[None]:
     """Turn any failure of one export step into an ExportError that says which step and that `out` is intact."""
     try:
         yield
+    except EdgetlError as e:  # bad input found midway (no images to calibrate on): still a usage error, exit 2
+        raise type(e)(f"export failed at {what}: {e} — {out} is left as it was") from e
     except Exception as e:  # the exporters raise anything from RuntimeError to onnx's ValidationError
         raise ExportError(f"export failed at {what}: {describe_error(e, limit=300)} — {out} is left as it was") from e
 

@@ -193,3 +193,12 @@ def test_the_recipe_export_table_sets_what_run_exports(straight, tmp_path):
     assert precisions == ("fp32", "int8") and plan.method == "entropy"
     precisions, plan = ExportRequest(precisions=("fp16",), calibration="percentile").plan(run)
     assert precisions == ("fp16",) and plan.method == "percentile"  # flags win
+
+
+def test_int8_without_train_images_to_calibrate_on_is_a_usage_error_and_keeps_the_export(fake_run):
+    run = fake_run()  # a run whose split lists no images
+    export_run(run, formats=["onnx"])
+    before = (run / "export" / "manifest.json").read_bytes()
+    result = invoke("export", run, "--format", "onnx", "--precision", "int8")
+    assert result.exit_code == 2 and "no train images to calibrate INT8 on" in result.output
+    assert (run / "export" / "manifest.json").read_bytes() == before
