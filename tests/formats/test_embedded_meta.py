@@ -22,16 +22,6 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture
-def exported(exported_both):
-    return exported_both
-
-
-@pytest.fixture
-def run_copy(exported_both_copy):
-    return exported_both_copy
-
-
 def manifest_of(run) -> dict:
     return json.loads((run / "export" / "manifest.json").read_text())
 
@@ -73,19 +63,19 @@ def embedded_checks(run) -> dict[tuple[str, str], bool]:
     return {(c["artifact"], c["measure"]): c["passed"] for c in report["checks"] if c["measure"].startswith("embedded")}
 
 
-def test_every_format_reads_back_the_manifests_labels_and_preprocessing(exported):
-    manifest = manifest_of(exported)
+def test_every_format_reads_back_the_manifests_labels_and_preprocessing(exported_both):
+    manifest = manifest_of(exported_both)
     for artifact in manifest["artifacts"]:
-        meta = FORMATS[artifact["format"]].read_meta(exported / "export" / artifact["file"])
+        meta = FORMATS[artifact["format"]].read_meta(exported_both / "export" / artifact["file"])
         assert meta["labels"] == manifest["labels"], artifact["file"]
         assert meta["preprocessing"] == manifest["preprocessing"], artifact["file"]
         assert meta["backbone"] == "mobilenet_v3_small"
 
 
-def test_a_correct_export_passes_the_embedded_checks(run_copy):
-    result = invoke("verify", run_copy, *FAST)
+def test_a_correct_export_passes_the_embedded_checks(exported_both_copy):
+    result = invoke("verify", exported_both_copy, *FAST)
     assert result.exit_code == 0, result.output
-    assert embedded_checks(run_copy) == {(f, m): True for f in ("model.onnx", "model.torchscript.pt")
+    assert embedded_checks(exported_both_copy) == {(f, m): True for f in ("model.onnx", "model.torchscript.pt")
                                          for m in ("embedded labels", "embedded preprocessing", "embedded precision")}
 
 
@@ -99,12 +89,12 @@ def swap_first_two(labels: list[str]) -> list[str]:
      "embedded preprocessing"),
     (lambda p: p.update(labels="[not json"), "embedded labels"),  # unparseable: a mismatch, not a crash
 ])
-def test_verify_fails_an_onnx_file_whose_metadata_is_not_the_manifests(run_copy, change, measure):
-    rewrite_onnx(run_copy, change)
-    result = invoke("verify", run_copy, *FAST)
+def test_verify_fails_an_onnx_file_whose_metadata_is_not_the_manifests(exported_both_copy, change, measure):
+    rewrite_onnx(exported_both_copy, change)
+    result = invoke("verify", exported_both_copy, *FAST)
     assert result.exit_code == 1, result.output
     assert f"model.onnx: {measure}" in result.output and "Traceback" not in result.output
-    assert embedded_checks(run_copy)[("model.onnx", measure)] is False
+    assert embedded_checks(exported_both_copy)[("model.onnx", measure)] is False
 
 
 @pytest.mark.parametrize("text, measure", [
@@ -112,22 +102,22 @@ def test_verify_fails_an_onnx_file_whose_metadata_is_not_the_manifests(run_copy,
     (lambda d: json.dumps({**d, "preprocessing": {**d["preprocessing"], "crop_size": 64}}), "embedded preprocessing"),
     (lambda d: "{not json", "embedded labels"),
 ])
-def test_verify_fails_a_torchscript_file_whose_metadata_is_not_the_manifests(run_copy, text, measure):
-    rewrite_torchscript(run_copy, text)
-    result = invoke("verify", run_copy, *FAST)
+def test_verify_fails_a_torchscript_file_whose_metadata_is_not_the_manifests(exported_both_copy, text, measure):
+    rewrite_torchscript(exported_both_copy, text)
+    result = invoke("verify", exported_both_copy, *FAST)
     assert result.exit_code == 1, result.output
     assert f"model.torchscript.pt: {measure}" in result.output and "Traceback" not in result.output
-    assert embedded_checks(run_copy)[("model.torchscript.pt", measure)] is False
+    assert embedded_checks(exported_both_copy)[("model.torchscript.pt", measure)] is False
 
 
-def test_a_file_without_metadata_is_a_warning_not_a_failure(run_copy):
-    rewrite_onnx(run_copy, lambda p: p.clear())
-    rewrite_torchscript(run_copy, lambda d: None)
-    assert FORMATS["onnx"].read_meta(run_copy / "export" / "model.onnx") is None
-    assert FORMATS["torchscript"].read_meta(run_copy / "export" / "model.torchscript.pt") is None
-    result = invoke("verify", run_copy, *FAST)
+def test_a_file_without_metadata_is_a_warning_not_a_failure(exported_both_copy):
+    rewrite_onnx(exported_both_copy, lambda p: p.clear())
+    rewrite_torchscript(exported_both_copy, lambda d: None)
+    assert FORMATS["onnx"].read_meta(exported_both_copy / "export" / "model.onnx") is None
+    assert FORMATS["torchscript"].read_meta(exported_both_copy / "export" / "model.torchscript.pt") is None
+    result = invoke("verify", exported_both_copy, *FAST)
     assert result.exit_code == 0, result.output
-    warned = json.loads((run_copy / "verify.json").read_text())["warnings"]
+    warned = json.loads((exported_both_copy / "verify.json").read_text())["warnings"]
     for file in ("model.onnx", "model.torchscript.pt"):
         assert any(w.startswith(f"{file} carries no labels or preprocessing") for w in warned), warned
-    assert embedded_checks(run_copy) == {}
+    assert embedded_checks(exported_both_copy) == {}
