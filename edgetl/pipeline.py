@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import files, rundir
-from edgetl.errors import RunDirError
+from edgetl.errors import EdgetlError, RunDirError
 from edgetl.rundir import STAGES, Manifest, RunDir, TrainSummary, VerifyReport
 
 
@@ -118,18 +118,24 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
     """A new run into `out` (default artifacts/<time>-<recipe>), or the interrupted run `resume` continued."""
     from edgetl import train
     from edgetl.recipe import load_recipe
+    from edgetl.train import distributed
 
-    hooks = hooks or Hooks()
+    # Under torchrun rank 0 holds the lock, writes and reports; the other ranks train silently beside it.
+    main = distributed.is_main()
+    hooks = hooks if hooks is not None and main else Hooks()
+    lock = files.locked if main else lambda folder: contextlib.nullcontext()
     if resume is not None:
         refuse_changes_on_resume(request, out=out)
         require_run(resume)
-        with files.locked(resume), hooks.training() as callbacks:
+        with lock(resume), hooks.training() as callbacks:
             summary = train.resume(resume, device=request.device, callbacks=callbacks)
     else:
         resolved = load_recipe(request.recipe or DEFAULT_RECIPE, overrides=request.overrides,
                                epochs_scale=request.epochs_scale)
         run_dir = out or default_run_dir(request.recipe or DEFAULT_RECIPE)
-        with files.locked(run_dir), hooks.training() as callbacks:
+        if distributed.launched() and out is None:
+            raise EdgetlError("under torchrun every process needs the same run folder: pass --out")
+        with lock(run_dir), hooks.training() as callbacks:
             summary = train.train(resolved, run_dir=run_dir, device=request.device, callbacks=callbacks)
     hooks.trained(summary)
     return summary
@@ -209,6 +215,11 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
                  export: ExportRequest = ExportRequest(), verify: Any = None, compare_scratch: bool = False,
                  hooks: Hooks | None = None) -> RunOutcome:
     """train -> export -> verify (from the first unfinished stage with `resume`), then the scratch comparison."""
+    from edgetl.train.distributed import launched
+
+    if launched():  # export and verify are one process's work: the other ranks would race rank 0
+        raise EdgetlError("edgetl run does not run under torchrun: train with `torchrun ... -m edgetl train --out RUN`, "
+                          "then `edgetl export RUN` and `edgetl verify RUN` in one process")
     hooks = hooks or Hooks()
     started = time.perf_counter()
     if resume:

@@ -130,6 +130,8 @@ class TrainSummary(_Versioned):
     skipped: list[tuple[str, str]] = []  # (path, reason) of every unusable file
     trainable: dict[str, dict[str, int]] = {}  # phase -> group -> parameter count
     wall_seconds: float = 0.0  # the whole process, decoding and model building included
+    world_size: int = 1  # processes that trained it (torchrun)
+    backend: str | None = None  # their torch.distributed backend: gloo (CPU) or nccl (GPU)
 
 
 class TensorSpec(_Schema):

@@ -161,7 +161,7 @@ def test_batch_size_one_trains_every_image(tmp_path):
     data = Batcher(torch.zeros(5, 3, 8, 8, dtype=torch.uint8), torch.arange(5), prep, torch.device("cpu"))
     batches = list(data.batches(1, torch.Generator().manual_seed(0)))
     assert len(batches) == steps_per_epoch(5, 1) == 5
-    assert sorted(int(y) for _, ys in batches for y in ys) == [0, 1, 2, 3, 4]
+    assert sorted(int(y) for _, ys, _ in batches for y in ys) == [0, 1, 2, 3, 4]
 
 
 def test_train_out_never_overwrites_a_users_folder(tiny, tmp_path):

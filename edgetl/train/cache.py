@@ -28,7 +28,8 @@ from torch import nn
 
 from edgetl.backbones import Backbone, LayerGroup, run_groups
 from edgetl.quiet import quiet
-from edgetl.train.data import augment_batch, center_crop_batch, normalize
+from edgetl.train import distributed
+from edgetl.train.data import augment_batch, center_crop_batch, normalize, skip_augment
 from edgetl.train.epoch import Batcher, memory_format
 
 log = logging.getLogger(__name__)
@@ -72,26 +73,33 @@ def frozen_outputs(model: nn.Module, backbone: Backbone, frozen: list[LayerGroup
     out: torch.Tensor | None = None
     try:
         with inference_layout(model, device) as layout:
-            for view in range(copies):
-                for start in range(0, n, batch_size):
-                    images = data.x[start:start + batch_size]
+            batches = ((view, start) for view in range(copies) for start in range(0, n, batch_size))
+            for k, (view, start) in enumerate(batches):
+                images = data.x[start:start + batch_size]
+                mine = distributed.owns(k)  # under torchrun, batches round-robin over the ranks
+                if not mine and out is not None:
                     if view > 0:
-                        images = augment_batch(images, crop_size=crop, generator=generator)
-                    elif images.shape[-1] != crop:
-                        images = center_crop_batch(images, crop)
-                    x = normalize(images.to(device), data.preprocessing)
-                    if prefix is not None:
-                        y = prefix(x)
-                    else:
-                        y = run_groups(frozen, x.contiguous(memory_format=layout))
-                        y = backbone.pool(model, y) if pool else y
-                    if out is None:
-                        out = _allocate((copies * n, *y.shape[1:]), device=device, what=f"{copies} view(s)")
-                        if out is None:
-                            return None
+                        skip_augment(len(images), generator)
+                    continue
+                if view > 0:
+                    images = augment_batch(images, crop_size=crop, generator=generator)
+                elif images.shape[-1] != crop:
+                    images = center_crop_batch(images, crop)
+                x = normalize(images.to(device), data.preprocessing)
+                if prefix is not None:
+                    y = prefix(x)
+                else:
+                    y = run_groups(frozen, x.contiguous(memory_format=layout))
+                    y = backbone.pool(model, y) if pool else y
+                if out is None:  # the first batch, on every rank: its shape sizes the cache
+                    out = _allocate((copies * n, *y.shape[1:]), device=device, what=f"{copies} view(s)")
+                    if distributed.agree(out is None):
+                        return None
+                if mine:
                     out[view * n + start:view * n + start + len(y)] = y.contiguous()
     finally:
         model.train(was_training)
+    distributed.all_sum(out)  # each rank's rows (zeros elsewhere) -> the whole cache on every rank
     out = out.contiguous(memory_format=memory_format(device)) if out.ndim == 4 else out
     return Batcher(out, data.y.repeat(copies).to(device), data.preprocessing, device, features=True)
 
@@ -108,7 +116,8 @@ def _allocate(shape: tuple[int, ...], *, device: torch.device, what: str) -> tor
             if dtype != torch.float32:
                 log.info("cached outputs of %s stored as bf16 (%.0f MB): fp32 would exceed %.0f MB", what,
                          size / 1e6, budget / 1e6)
-            return torch.empty(shape, dtype=dtype, device=device)
+            # zeros: under torchrun each rank fills its rows and the ranks' caches are summed
+            return (torch.zeros if distributed.active() else torch.empty)(shape, dtype=dtype, device=device)
     log.warning("the frozen part's outputs for %s need %.0f MB even in bf16, over the %.0f MB budget: "
                 "recomputing them every epoch instead (lower views or image_size to cache them)", what,
                 numel * 2 / 1e6, budget / 1e6)
@@ -123,14 +132,21 @@ def continue_outputs(model: nn.Module, backbone: Backbone, groups: list[LayerGro
         return cached
     was_training = model.training
     model.eval()
+    out: torch.Tensor | None = None
     try:
-        parts = []
-        for start in range(0, len(cached), batch_size):
+        for batch, start in enumerate(range(0, len(cached), batch_size)):
+            if out is not None and not distributed.owns(batch):
+                continue
             y = run_groups(groups, cached.x[start:start + batch_size].float())
-            parts.append(backbone.pool(model, y) if pool else y)
+            y = backbone.pool(model, y) if pool else y
+            if out is None:  # the first batch, on every rank: its shape sizes the output
+                out = torch.zeros((len(cached), *y.shape[1:]), dtype=cached.x.dtype, device=y.device)
+            if distributed.owns(batch):
+                out[start:start + len(y)] = y
     finally:
         model.train(was_training)
-    out = torch.cat(parts).to(cached.x.dtype)
+    distributed.all_sum(out)
+    out = out.contiguous(memory_format=memory_format(out.device)) if out.ndim == 4 else out
     return Batcher(out, cached.y, cached.preprocessing, cached.device, features=True)
 
 

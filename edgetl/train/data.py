@@ -112,6 +112,17 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
                       duplicates=duplicates)
 
 
+def _augment_draws(b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every random number `augment_batch` takes for `b` images, drawn in one fixed order."""
+    u = torch.rand((b, 10, 4), generator=generator, dtype=torch.float64)
+    return u, torch.rand(b, generator=generator) < 0.5
+
+
+def skip_augment(b: int, generator: torch.Generator) -> None:
+    """Advance `generator` as `augment_batch` on `b` images would (a batch another rank augments)."""
+    _augment_draws(b, generator)
+
+
 def augment_batch(images: torch.Tensor, *, crop_size: int, generator: torch.Generator,
                   scale: tuple[float, float] = (0.35, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
                   ) -> torch.Tensor:
@@ -122,8 +133,7 @@ def augment_batch(images: torch.Tensor, *, crop_size: int, generator: torch.Gene
     replays the same augmentations from the saved generator state.
     """
     b, _, h, w = images.shape
-    u = torch.rand((b, 10, 4), generator=generator, dtype=torch.float64)
-    flip = torch.rand(b, generator=generator) < 0.5
+    u, flip = _augment_draws(b, generator)
     area = h * w * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])

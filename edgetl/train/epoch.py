@@ -17,6 +17,7 @@ from torch import nn
 
 from edgetl.errors import EdgetlError, TrainingError
 from edgetl.preprocessing import Preprocessing
+from edgetl.train import distributed
 from edgetl.train.data import augment_batch, center_crop_batch, normalize
 from edgetl.train.state import EpochProgress
 
@@ -47,6 +48,19 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA: bf16 where the GPU has it (Ampere and later), else fp16 with a GradScaler;
+    None (fp32) elsewhere — CPU autocast is slower than fp32 for these convnets."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    dtype = autocast_dtype(device)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 @dataclass
 class Batcher:
     """Turns stored uint8 images (or cached features) into model inputs on the device."""
@@ -62,27 +76,34 @@ class Batcher:
         return len(self.y)
 
     def batches(self, batch_size: int, generator: torch.Generator | None, *, skip: int = 0,
-                generator_state: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled batches (in order without a generator); `skip` + `generator_state` continue a cut epoch."""
+                generator_state: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Shuffled batches (in order without a generator): (inputs, targets, global batch size). Under torchrun
+        each rank gets its rows of the same global batch. `skip` + `generator_state` continue a cut epoch."""
         n = len(self.y)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         if generator_state is not None:
             generator.set_state(generator_state)
         for start in range(skip * batch_size, n, batch_size):
             idx = order[start:start + batch_size]
-            if generator is not None and start > 0 and len(idx) < min(2, batch_size):
-                break  # a last, partial batch of one breaks BatchNorm in train mode
-            yield self.inputs(idx, generator), self.y[idx].to(self.device, non_blocking=True)
+            if generator is not None and start > 0 and len(idx) < max(min(2, batch_size), distributed.world_size()):
+                break  # a last batch of one breaks BatchNorm in train mode; under torchrun every rank needs a row
+            mine = distributed.shard(torch.arange(len(idx)))
+            yield self.inputs(idx, generator, rows=mine), self.y[idx[mine]].to(self.device, non_blocking=True), len(idx)
 
-    def inputs(self, idx: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def inputs(self, idx: torch.Tensor, generator: torch.Generator | None, *, rows: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The model inputs for images `idx` (only their `rows`, when given: a rank's share of the batch)."""
         if self.features:  # cached outputs of the frozen part; bf16 when fp32 would not fit
+            idx = idx if rows is None else idx[rows]
             return self.x[idx.to(self.x.device)].float()
-        images = self.x[idx]
         crop = self.preprocessing.crop_size
-        if self.augment:
-            images = augment_batch(images, crop_size=crop, generator=generator)
-        elif images.shape[-1] != crop:
-            images = center_crop_batch(images, crop)
+        if self.augment:  # the whole batch's draws on every rank, so W processes augment as one does
+            images = augment_batch(self.x[idx], crop_size=crop, generator=generator)
+            images = images if rows is None else images[rows]
+        else:
+            images = self.x[idx if rows is None else idx[rows]]
+            if images.shape[-1] != crop:
+                images = center_crop_batch(images, crop)
         if self.device.type == "cuda":
             images = images.pin_memory()
         x = normalize(images.to(self.device, non_blocking=True), self.preprocessing)
@@ -90,8 +111,9 @@ class Batcher:
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
+    """The batches `Batcher.batches` yields in training (its last-batch rule)."""
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 2 or (rest and not full) else 0)
+    return full + (1 if rest >= max(min(2, batch_size), distributed.world_size()) or (rest and not full) else 0)
 
 
 class Interrupted(Exception):
@@ -108,47 +130,72 @@ def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: Batch
                     should_stop: Callable[[], bool] = lambda: False) -> tuple[float, float]:
     """One pass over the data; losses stay on the device (no per-step host sync) until the end.
 
-    `should_stop` is polled after each step: the step finishes, then Interrupted carries the progress.
+    `should_stop` is polled after each step: the step finishes, then Interrupted carries the progress. Under
+    torchrun the ranks decide together (one tiny all-reduce per step), so they all stop after the same step.
     """
     start = start or EpochProgress()
     if start.rng_state is not None:
         torch.set_rng_state(start.rng_state)
-    autocast = torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=data.device.type == "cuda")
-    loss_sum = torch.full((), start.loss_sum, device=data.device)
-    correct = torch.full((), start.correct, device=data.device, dtype=torch.long)
-    seen, step, t0 = start.seen, start.step, time.perf_counter() - start.seconds
-    for x, y in data.batches(batch_size, generator, skip=start.step, generator_state=start.generator_state):
+    autocast = _autocast(data.device)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(data.device.type, enabled=autocast_dtype(data.device) == torch.float16)
+    sums = Sums(data.device)
+    ranks = distributed.world_size()
+    step, t0 = start.step, time.perf_counter() - start.seconds
+    for x, y, total in data.batches(batch_size, generator, skip=start.step, generator_state=start.generator_state):
         with autocast:
             logits = forward(x)
             loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # DDP averages the ranks' gradients: weigh each rank's mean by its share of the global batch
+        scaler.scale(loss * (len(y) * ranks / total) if ranks > 1 else loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+        sums.add(loss.detach() * len(y), logits, y)
         step += 1
         callbacks.step()
-        if should_stop():
-            raise Interrupted(EpochProgress(step, loss_sum.item(), int(correct.item()), seen, time.perf_counter() - t0,
+        if distributed.agree(should_stop()):
+            loss_sum, correct, seen = sums.total(start)
+            raise Interrupted(EpochProgress(step, loss_sum, correct, seen, time.perf_counter() - t0,
                                             generator.get_state(), torch.get_rng_state()))
-    loss_mean = loss_sum.item() / max(seen, 1)
+    loss_sum, correct, seen = sums.total(start)
+    loss_mean = loss_sum / max(seen, 1)
     if not math.isfinite(loss_mean):
         raise TrainingError(f"training loss became {loss_mean}; lower the learning rate — the last good checkpoint is kept")
-    return loss_mean, correct.item() / max(seen, 1)
+    return loss_mean, correct / max(seen, 1)
+
+
+class Sums:
+    """Loss sum, correct count and images seen, kept on the device (no per-step host sync); summed over the
+    ranks when read."""
+
+    def __init__(self, device: torch.device) -> None:
+        # float64 where the device has it: exact counts and a loss sum that does not drift over long epochs
+        self.values = torch.zeros(3, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.values[0] += loss_sum
+        self.values[1] += (logits.argmax(1) == y).sum()
+        self.values[2] += len(y)
+
+    def total(self, start: EpochProgress | None = None) -> tuple[float, int, int]:
+        start = start or EpochProgress()
+        loss_sum, correct, seen = distributed.all_sum(self.values.clone()).tolist()
+        return start.loss_sum + loss_sum, start.correct + round(correct), start.seen + round(seen)
 
 
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy, in eval mode."""
-    autocast = torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=data.device.type == "cuda")
-    loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), device=data.device, dtype=torch.long)
-    for x, y in data.batches(batch_size, None):
+    """Mean cross-entropy (no label smoothing) and accuracy, in eval mode (each rank its rows of each batch)."""
+    autocast = _autocast(data.device)
+    sums = Sums(data.device)
+    for x, y, _ in data.batches(batch_size, None):
+        if not len(y):  # a last batch with fewer rows than ranks
+            continue
         with autocast:
             logits = forward(x).float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    n = max(len(data), 1)
-    return loss_sum.item() / n, correct.item() / n
+        sums.add(nn.functional.cross_entropy(logits, y, reduction="sum"), logits, y)
+    loss_sum, correct, seen = sums.total()
+    n = max(seen, 1)
+    return loss_sum / n, correct / n

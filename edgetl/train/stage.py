@@ -30,6 +30,7 @@ from edgetl.errors import EdgetlError, RunDirError
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe
 from edgetl.rundir import PhaseSummary, RunDir, TrainSummary
+from edgetl.train import distributed
 from edgetl.train.checkpoint import check_belongs, load_checkpoint, save_checkpoint
 from edgetl.train.curves import plot_curves
 from edgetl.train.data import DataBundle, load_data
@@ -74,11 +75,11 @@ class Prepared:
     lora: LoraConfig | None
 
 
-def prepare_run(recipe: Recipe, *, device: str = "auto", callbacks: Callbacks | None = None,
+def prepare_run(recipe: Recipe, *, device: str | torch.device = "auto", callbacks: Callbacks | None = None,
                 split: dict | None = None) -> Prepared:
     """Everything that can fail on bad input, done before anything is written."""
     callbacks = callbacks or Callbacks()
-    torch_device = select_device(device)
+    torch_device = device if isinstance(device, torch.device) else select_device(device)
     backbone = get_backbone(recipe.backbone)
     preprocessing = backbone.preprocessing.scaled(recipe.image_size)
     data = load_data(recipe.data, preprocessing=preprocessing, seed=recipe.seed, val_fraction=recipe.val_fraction,
@@ -140,21 +141,29 @@ def train(recipe: Recipe, *, run_dir: Path, device: str = "auto", callbacks: Cal
     started = time.perf_counter()
     callbacks = callbacks or Callbacks()
     run = RunDir(run_dir)
-    if run.checkpoint("last").exists():
-        raise EdgetlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    check_out(run, data=recipe.data)
-    prep = prepare_run(recipe, device=device, callbacks=callbacks)
+    if distributed.is_main():  # under torchrun the other ranks would see rank 0's first files
+        if run.checkpoint("last").exists():
+            raise EdgetlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        check_out(run, data=recipe.data)
+    with distributed.session(select_device(device)) as torch_device:
+        prep = prepare_run(recipe, device=torch_device, callbacks=callbacks)
+        if distributed.is_main():
+            _write_run_files(run, recipe, prep)
+        return _fit(recipe, prep, run=run, callbacks=callbacks, resume=None, started=started)
+
+
+def _write_run_files(run: RunDir, recipe: Recipe, prep: Prepared) -> None:
+    """What a new run writes before its first epoch: enough to resume it, or to start it over."""
     try:
         run.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgetlError(f"cannot write into {run_dir}: {files.folder_problem(run.root, e)} — choose another --out") from None
+        raise EdgetlError(f"cannot write into {run.root}: {files.folder_problem(run.root, e)} — choose another --out") from None
     files.write_text(run.recipe, recipe.to_toml())
     files.write_json(run.labels, prep.data.classes)
     files.write_json(run.preprocessing, prep.preprocessing.to_dict())
     files.write_json(run.split, prep.data.split)
     files.write_json(run.data, {"skipped": [list(s) for s in prep.data.skipped], "weights": prep.weights,
                                 "duplicates": [list(d) for d in prep.data.duplicates]})
-    return _fit(recipe, prep, run=run, callbacks=callbacks, resume=None, started=started)
 
 
 def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None = None) -> TrainSummary:
@@ -168,9 +177,11 @@ def resume(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None =
     classes = split["classes"] or sorted({c for _, c in split["train"]})  # what the data loader replays
     check_belongs(ckpt, backbone=recipe.backbone, labels=classes, source=run.checkpoint("last"))
     check_same_recipe(recipe, ckpt, run=run)
-    prep = prepare_run(recipe, device=device, callbacks=callbacks, split=split)
-    prep.model.load_state_dict(ckpt["model"])
-    return _fit(recipe, prep, run=run, callbacks=callbacks, resume=TrainState.from_checkpoint(ckpt), started=started)
+    with distributed.session(select_device(device)) as torch_device:
+        prep = prepare_run(recipe, device=torch_device, callbacks=callbacks, split=split)
+        prep.model.load_state_dict(ckpt["model"])
+        return _fit(recipe, prep, run=run, callbacks=callbacks, resume=TrainState.from_checkpoint(ckpt),
+                    started=started)
 
 
 def check_same_recipe(recipe: Recipe, ckpt: dict[str, Any], *, run: RunDir) -> None:
@@ -221,6 +232,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                                  recipe_sha256=recipe.digest(), lora=prep.lora.to_dict() if prep.lora else None)
     meta_dict = meta.model_dump(mode="json", exclude={"epoch", "val_acc", "val_loss"})
     model.to(device=device, memory_format=memory_format(device))
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN pick its fastest kernels
     groups = backbone.groups(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     train_images = Batcher(data.train.images, data.train.targets, preprocessing, device)
@@ -234,9 +246,12 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
     start_phase, start_epoch = state.next_phase, state.next_epoch
     trainable_counts: dict[str, dict[str, int]] = {}
 
+    main = distributed.is_main()  # the only rank that writes
+
     def save_last(state: TrainState) -> None:
         state.global_epoch = len(metrics)
-        save_checkpoint(run.checkpoint("last"), {**meta_dict, "model": state_copy(model), **state.to_checkpoint()})
+        if main:
+            save_checkpoint(run.checkpoint("last"), {**meta_dict, "model": state_copy(model), **state.to_checkpoint()})
 
     def between_phases(next_phase: int) -> TrainState:
         return TrainState(next_phase=next_phase, best=state.best)
@@ -260,6 +275,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                 model, backbone, groups, phase, train=train_images, val=val_images, batch_size=recipe.batch_size,
                 caches=caches)
             cached = train_data.features
+            step_forward = distributed.wrap(model, forward, device)  # DDP under torchrun, per phase
             steps = steps_per_epoch(len(train_data), recipe.batch_size)
             optimizer = make_optimizer(param_groups, recipe)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(phase, steps))
@@ -285,13 +301,13 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                 set_train_mode(model, groups, phase, backbone=backbone.name)
                 try:
                     train_loss, train_acc = train_one_epoch(
-                        forward, train_data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                        step_forward, train_data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                         batch_size=recipe.batch_size, generator=generator, callbacks=callbacks, start=partial,
                         should_stop=stop_requested)
                 except Interrupted as cut:
                     save_last(resume_point(p, e, early, optimizer, scheduler, epoch_progress=cut.progress, epoch_lrs=lrs))
                     raise TrainingInterrupted(f"stopped after step {cut.progress.step} of epoch {global_epoch}; "
-                                              f"continue with: edgetl train --resume {run.root}") from None
+                                              f"continue with: {distributed.resume_command(run.root)}") from None
                 partial = None
                 train_seconds = time.perf_counter() - t0
                 model.eval()
@@ -303,12 +319,15 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                     "images_per_s": round(len(train_data) / max(train_seconds, 1e-9), 1), "cached_features": cached,
                 }
                 metrics.append(record)
-                files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
+                if main:
+                    files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
                 early.update(val_acc, val_loss, model)
                 if state.best.improved_by(val_acc=val_acc, val_loss=val_loss):
                     state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch)
-                    save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model), "val_acc": val_acc,
-                                                             "val_loss": val_loss, "epoch": global_epoch})
+                    if main:
+                        save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model),
+                                                                 "val_acc": val_acc, "val_loss": val_loss,
+                                                                 "epoch": global_epoch})
                 stop_early = early.should_stop(recipe.patience)
                 phase_over = stop_early or e + 1 == phase.epochs
                 if not phase_over:
@@ -318,8 +337,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                     if phase_over:
                         early.restore_best(model)
                         save_last(between_phases(p + 1))
-                    raise TrainingInterrupted(f"stopped after epoch {global_epoch}; continue with: edgetl train "
-                                              f"--resume {run.root}")
+                    raise TrainingInterrupted(f"stopped after epoch {global_epoch}; continue with: "
+                                              f"{distributed.resume_command(run.root)}")
                 if stop_early:
                     log.info("phase %s: val loss did not improve for %d epochs; stopping early", phase.name, recipe.patience)
                     break
@@ -332,9 +351,11 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
         best_val_loss=best.val_loss, best_epoch=best.epoch, seconds=sum(m["seconds"] for m in metrics),
         phases=summarize_phases(recipe, metrics), weights=prep.weights, skipped=list(data.skipped),
         trainable=trainable_counts, wall_seconds=round(time.perf_counter() - started, 2),
+        world_size=distributed.world_size(), backend=distributed.backend(),
     )
-    rundir.write(run.train_json, summary)
-    plot_curves(metrics, run.curves)
+    if main:
+        rundir.write(run.train_json, summary)
+        plot_curves(metrics, run.curves)
     return summary
 
 
