@@ -36,7 +36,7 @@ class TrainRequest:
 
 @dataclass(frozen=True)
 class ExportRequest:
-    formats: tuple[str, ...] = ("all",)
+    formats: tuple[str, ...] | None = None  # None: the run recipe's [export] formats, else the core formats
     opset: int | None = None
     batch: int | None = None
     checkpoint: str = "best"
@@ -44,19 +44,31 @@ class ExportRequest:
     precisions: tuple[str, ...] | None = None  # None: the run recipe's [export] precisions, else fp32
     calibration: str | None = None  # None: the recipe's, else minmax
 
+    def formats_for(self, section: Any) -> tuple[str, ...]:
+        """The formats to write: flags first, then the recipe's [export] table (`section`), then the core formats
+        (those that need no optional extra: ONNX and TorchScript)."""
+        from edgetl.formats import DEFAULT_FORMATS
+
+        return self.formats or (tuple(section.formats) if section and section.formats else tuple(DEFAULT_FORMATS))
+
     def plan(self, run_dir: Path) -> tuple[tuple[str, ...], Any]:
         """The precisions and INT8 plan: flags first, then the run's recipe [export] table, then defaults."""
         from edgetl.export.precision import QuantPlan
 
-        try:
-            section = rundir.read_recipe(RunDir(run_dir)).export
-        except RunDirError:
-            section = None  # a bare checkpoint folder: defaults
+        section = export_section(run_dir)
         precisions = self.precisions or (tuple(section.precisions) if section else ("fp32",))
         plan = QuantPlan(method=self.calibration or (section.calibration if section else "minmax"),
                          **({"calibration_images": section.calibration_images, "activations": section.activations}
                             if section else {}))
         return precisions, plan
+
+
+def export_section(run_dir: Path) -> Any:
+    """The run recipe's [export] table; None without one, or in a bare checkpoint folder (no recipe)."""
+    try:
+        return rundir.read_recipe(RunDir(run_dir)).export
+    except RunDirError:
+        return None
 
 
 class Hooks:
@@ -145,23 +157,26 @@ def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hoo
     from edgetl.export import export_run
 
     hooks = hooks or Hooks()
-    check_export_flags(request)
+    check_export_flags(request, export_section(run_dir))
     require_run(run_dir, recipe=False)  # a bare checkpoint folder exports: the checkpoint describes itself
     precisions, plan = request.plan(run_dir)
     with files.locked(run_dir), _out_locked(run_dir, request.out), hooks.exporting():
-        result = export_run(run_dir, formats=request.formats, opset=request.opset, batch=request.batch,
+        result = export_run(run_dir, formats=request.formats_for(export_section(run_dir)), opset=request.opset,
+                            batch=request.batch,
                             checkpoint=request.checkpoint, out=request.out, precisions=precisions, plan=plan)
     hooks.exported(result)
     return result
 
 
-def check_export_flags(request: ExportRequest) -> None:
-    """Export's flags, refused before any work (usage errors)."""
+def check_export_flags(request: ExportRequest, section: Any = None) -> None:
+    """Export's flags and the recipe's [export] table (`section`), refused before any work (usage errors): an
+    unknown format, one whose optional extra is not installed, a precision no requested format makes."""
     from edgetl.export.precision import check_precisions
     from edgetl.export.stage import check_request
 
-    names = check_request(request.formats, opset=request.opset, batch=request.batch, checkpoint=request.checkpoint)
-    check_precisions(names, list(request.precisions or ()))
+    names = check_request(request.formats_for(section), opset=request.opset, batch=request.batch,
+                          checkpoint=request.checkpoint)
+    check_precisions(names, list(request.precisions or (section.precisions if section else ())))
 
 
 def _out_locked(run_dir: Path, out: Path | None) -> contextlib.AbstractContextManager:
@@ -226,7 +241,7 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
         refuse_changes_on_resume(request, out=out)
     run_dir = Path(resume or out or default_run_dir(request.recipe or DEFAULT_RECIPE))
     run = RunDir(run_dir)
-    check_export_flags(export)  # every stage's flags before the first stage's work
+    check_export_flags(export, _recipe_export(request, run, resume=resume is not None))  # before any stage's work
     if verify is not None:
         verify.validate()
     if resume:
@@ -255,6 +270,16 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
     return RunOutcome(run_dir=run_dir, train=rundir.read_train_summary(run.train_json),
                       manifest=rundir.read_manifest(run.manifest), verify=result.report, scratch=scratch,
                       seconds=time.perf_counter() - started)
+
+
+def _recipe_export(request: TrainRequest, run: RunDir, *, resume: bool) -> Any:
+    """The [export] table of the recipe the run trains (or trained) with, read before training starts."""
+    from edgetl.recipe import load_recipe
+
+    if resume:
+        return export_section(run.root)
+    return load_recipe(request.recipe or DEFAULT_RECIPE, overrides=request.overrides,
+                       epochs_scale=request.epochs_scale).export
 
 
 # --- where a run directory stands ---------------------------------------------------------------------------

@@ -3,8 +3,9 @@
     edgetl predict artifacts/my-run cat.jpg dog.png --top-k 3
 
 No checkpoint and no training code: the first artifact of the manifest that has a runtime here (the ONNX
-file, in onnxruntime, for a default export), its sha256 checked against the manifest first, then its meaning:
-its output size and the labels and preprocessing it embeds must be the manifest's. Images are decoded with the
+file, in onnxruntime, for a default export; `--format` / `--precision` pick another), its sha256 checked against
+the manifest first, then its meaning: its output size and the labels and preprocessing it embeds must be the
+manifest's. Images are decoded with the
 manifest's preprocessing (`edgetl.preprocessing`) and run PREDICT_BATCH at a time, so thousands of images take
 no more memory than one batch; an image that cannot be used is reported with its reason, the others still run.
 """
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import rundir
-from edgetl.errors import DataError, RunDirError, describe_error
+from edgetl.errors import DataError, EdgetlError, RunDirError, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Runner
 from edgetl.images import UnusableImageError
 from edgetl.preprocessing import preprocess_image
-from edgetl.rundir import Manifest
+from edgetl.rundir import ArtifactEntry, Manifest
 from edgetl.verify.parity import softmax
 
 PREDICT_BATCH = 32  # images decoded and run at once (a fixed-batch export: its own batch)
@@ -68,21 +69,28 @@ def find_export(path: Path) -> Path:
     raise RunDirError(f"no export/manifest.json under {path} — run `edgetl export {path}` first")
 
 
-def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None,
-                  precision: str | None = None) -> Runner:
-    """The first listed artifact with a runtime here (of `precision`, when given), loaded once its sha256
-    matches the manifest; the runner refuses logits whose size is not the manifest's label count."""
+def choose_artifact(export_dir: Path, manifest: Manifest, *, precision: str | None = None,
+                    fmt: str | None = None) -> ArtifactEntry:
+    """The first listed artifact with a runtime here, of `fmt` and `precision` when given."""
     runnable = [a for a in manifest.artifacts if a.format in FORMATS]
     if not runnable:
         raise RunDirError(f"{export_dir / 'manifest.json'} lists no file edgetl can run (known formats: "
                           f"{', '.join(FORMATS)}) — run `edgetl export`")
-    if precision is not None:
-        listed = sorted({a.precision for a in runnable})
-        runnable = [a for a in runnable if a.precision == precision]
-        if not runnable:
-            raise RunDirError(f"{export_dir / 'manifest.json'} lists no {precision} file (it has: "
-                              f"{', '.join(listed)}) — export one with `edgetl export RUN --precision {precision}`")
-    artifact = runnable[0]
+    for flag, wanted, key in (("--format", fmt, "format"), ("--precision", precision, "precision")):
+        if wanted is not None:
+            listed = sorted({getattr(a, key) for a in runnable})
+            runnable = [a for a in runnable if getattr(a, key) == wanted]
+            if not runnable:
+                raise RunDirError(f"{export_dir / 'manifest.json'} lists no {wanted} file (it has: "
+                                  f"{', '.join(listed)}) — export one with `edgetl export RUN {flag} {wanted}`")
+    return runnable[0]
+
+
+def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None,
+                  precision: str | None = None, fmt: str | None = None) -> Runner:
+    """The first listed artifact with a runtime here (of `fmt` and `precision`, when given), loaded once its
+    sha256 matches the manifest; the runner refuses logits whose size is not the manifest's label count."""
+    artifact = choose_artifact(export_dir, manifest, precision=precision, fmt=fmt)
     path = export_dir / artifact.file
     if path.is_symlink() or not path.resolve().is_relative_to(export_dir.resolve()):
         raise RunDirError(f"{export_dir / 'manifest.json'} lists {artifact.file!r}, which is not a file of the export "
@@ -93,16 +101,18 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
     if digest != artifact.sha256:
         raise RunDirError(f"{path}: sha256 {digest[:12]}… does not match the manifest ({artifact.sha256[:12]}…); "
                            "the file changed after export — re-export it")
-    fmt = FORMATS[artifact.format]
+    runtime = FORMATS[artifact.format]
     try:
-        runner = fmt.load(path, threads=threads)
-        embedded = fmt.read_meta(path)
+        runner = runtime.load(path, threads=threads)
+        embedded = runtime.read_meta(path)
+    except EdgetlError:  # its runtime is an extra that is not installed: the message names the pip command
+        raise
     except Exception as e:  # noqa: BLE001 — a file its runtime refuses is a damaged export, not a crash
-        raise RunDirError(f"{path}: {fmt.runtime} cannot load it ({describe_error(e)}) — re-export it") from None
+        raise RunDirError(f"{path}: {runtime.runtime} cannot load it ({describe_error(e)}) — re-export it") from None
     declared = runner.outputs[0].shape[-1] if runner.outputs else None
     if isinstance(declared, int):
         _check_output_size(path, declared, manifest)
-    listed_batch = manifest.input.shape[0]
+    listed_batch = manifest.io_of(artifact.file)[0].shape[0]
     file_batch = runner.inputs[0].shape[0] if runner.inputs else listed_batch
     if isinstance(listed_batch, int) and (listed_batch != file_batch or not 1 <= listed_batch <= MAX_FIXED_BATCH):
         raise RunDirError(f"{path}: the manifest's fixed batch {listed_batch} is not the file's ({file_batch}) — "
@@ -128,14 +138,15 @@ def _check_output_size(path: Path, size: int, manifest: Manifest) -> None:
 
 
 def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
-                   threads: int | None = None, precision: str | None = None) -> PredictResult:
+                   threads: int | None = None, precision: str | None = None, fmt: str | None = None) -> PredictResult:
     """Every image's prediction, or the reason it cannot be used, in the order given."""
     if not images:
         raise DataError("no image given — pass one or more image files")
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")
-    runner = load_artifact(export_dir, manifest, threads=threads, precision=precision)
-    fixed = manifest.input.shape[0] if isinstance(manifest.input.shape[0], int) else None
+    runner = load_artifact(export_dir, manifest, threads=threads, precision=precision, fmt=fmt)
+    batch = manifest.io_of(choose_artifact(export_dir, manifest, precision=precision, fmt=fmt).file)[0].shape[0]
+    fixed = batch if isinstance(batch, int) else None
     size = fixed or PREDICT_BATCH
     k = max(1, min(top_k, len(manifest.labels)))
     rows: list[Prediction | Failure] = []

@@ -110,8 +110,10 @@ ADDED_SECTIONS = ("export",)
 
 
 class ExportSection(_Strict):
-    """What `edgetl run` exports (`edgetl export` flags override it): precisions and INT8 calibration."""
+    """What `edgetl run` exports (`edgetl export` flags override it): formats, precisions and INT8 calibration."""
 
+    # names of edgetl.formats (checked against the registry before any work); None: onnx and torchscript
+    formats: list[str] | None = Field(None, min_length=1)
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(200, ge=1, le=10_000)  # train images, a seeded draw over classes

@@ -138,6 +138,17 @@ class TensorSpec(_Schema):
     name: str
     shape: list[int | str]  # a string names a dynamic axis
     dtype: str
+    # an integer tensor (a full-integer TFLite file): real = scale * (q - zero_point)
+    scale: float | None = None
+    zero_point: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("scale", "zero_point"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ExportedFrom(_Schema):
@@ -166,11 +177,18 @@ class ArtifactEntry(_Schema):
     seconds: float = 0.0
     # fp16 / int8 files: how they were made (scheme, calibration, excluded nodes) and the guard's figures
     quantization: dict[str, Any] | None = None
+    runtime: str | None = None  # what runs it: "ExecuTorch (XNNPACK)"
+    versions: dict[str, str | None] | None = None  # the packages that wrote it and run it
+    # The file's own tensors where they are not the manifest's input/output: a batch-1 ExecuTorch or LiteRT file
+    # of a dynamic-batch export, a full-integer TFLite file's int8 input
+    input: TensorSpec | None = None
+    output: TensorSpec | None = None
+    delegation: dict[str, Any] | None = None  # ExecuTorch: the share of the graph XNNPACK runs
 
     @model_serializer(mode="wrap")
     def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        for key in ("opset", "quantization"):
+        for key in ("opset", "quantization", "runtime", "versions", "input", "output", "delegation"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -192,6 +210,14 @@ class Manifest(_Versioned):
 
     def artifact(self, file: str) -> ArtifactEntry:
         return next(a for a in self.artifacts if a.file == file)
+
+    def io_of(self, file: str) -> tuple[TensorSpec, TensorSpec]:
+        """The input and output a listed file takes and gives: its own where the entry has them, else the
+        manifest's."""
+        entry = next((a for a in self.artifacts if a.file == file), None)
+        if entry is None:
+            return self.input, self.output
+        return entry.input or self.input, entry.output or self.output
 
 
 class LatencyGate(_Schema):

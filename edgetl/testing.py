@@ -49,10 +49,13 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
 
 
 def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: int = 3, image_size: int = 32,
-             seed: int = 0, lora: dict | None = None, calibrate_size: int | None = None) -> Path:
+             seed: int = 0, lora: dict | None = None, calibrate_size: int | None = None,
+             data: Path | None = None) -> Path:
     """A run directory as `edgetl train` writes it (best.pt/last.pt, labels, preprocessing, resolved recipe),
     without training: LoRA adapters with non-zero B when `lora` is a recipe [lora] section; BatchNorm
-    calibrated at `calibrate_size` px (default: image_size; smaller is cheaper)."""
+    calibrated at `calibrate_size` px (default: image_size; smaller is cheaper). With `data` (a folder of
+    `train/` and `val/` class folders named class_0, class_1, ...), split.json lists its images, so INT8 has
+    train images to calibrate on and verify labelled val images."""
     bb = get_backbone(backbone)
     torch.manual_seed(seed)
     model = randomize_for_parity(bb.build(num_classes), seed=seed, image_size=calibrate_size or image_size)
@@ -83,7 +86,13 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
     files.write_text(run.recipe, recipe.to_toml())
     files.write_json(run.labels, labels)
     files.write_json(run.preprocessing, prep.to_dict())
-    files.write_json(run.split, {"source": "none", "train": [], "val": []})
+    split: dict = {"source": "none", "train": [], "val": []}
+    if data is not None:
+        listed = {part: sorted(str(p.relative_to(data)) for p in (Path(data) / part).rglob("*") if p.is_file())
+                  for part in ("train", "val")}
+        split = {"source": str(data), "root": str(Path(data).resolve()),
+                 **{part: [[rel, Path(rel).parent.name] for rel in rels] for part, rels in listed.items()}}
+    files.write_json(run.split, split)
     return run.root
 
 

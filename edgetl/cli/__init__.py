@@ -33,7 +33,6 @@ from edgetl.cli.options import (
     ExportBatchOpt,
     ExportOutOpt,
     ExportRunArg,
-    FormatChoice,
     FormatOpt,
     ImagesArg,
     JsonOpt,
@@ -46,6 +45,7 @@ from edgetl.cli.options import (
     OpsetOpt,
     OutOpt,
     PrecisionOpt,
+    PredictFormatOpt,
     PredictJsonOpt,
     PredictPrecisionOpt,
     PredictRunArg,
@@ -184,15 +184,15 @@ def verify(
 
 @command
 def export(
-    run_dir: ExportRunArg, format: FormatOpt = FormatChoice.all, opset: OpsetOpt = None, batch: ExportBatchOpt = None,
+    run_dir: ExportRunArg, format: FormatOpt = None, opset: OpsetOpt = None, batch: ExportBatchOpt = None,
     checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, precision: PrecisionOpt = None,
     calibration: CalibrationOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Fold BatchNorm (and LoRA), write ONNX and TorchScript (and fp16 / INT8 ONNX) and a manifest into RUN/export."""
+    """Fold BatchNorm (and LoRA), write ONNX and TorchScript (ExecuTorch, LiteRT; fp16 / INT8) and a manifest into RUN/export."""
     from edgetl.pipeline import export_stage
 
     _setup_logging(verbose)
-    request = ExportRequest(formats=(format.value,), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out,
+    request = ExportRequest(formats=_values(format), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out,
                             precisions=_values(precision), calibration=calibration.value if calibration else None)
     export_stage(run_dir, request, hooks=RichHooks())
 
@@ -201,7 +201,7 @@ def export(
 def run(
     recipe: RecipeOpt = None, data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
     out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
-    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = FormatChoice.all,
+    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = None,
     opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = 32, atol: AtolOpt = None,
     min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
     compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, precision: PrecisionOpt = None,
@@ -218,7 +218,7 @@ def run(
                                 latency_seconds=latency_seconds)
     outcome = _shown_on_failure(lambda: run_pipeline(
         request, out=out, resume=resume,
-        export=ExportRequest(formats=(format.value,), opset=opset, batch=batch, precisions=_values(precision),
+        export=ExportRequest(formats=_values(format), opset=opset, batch=batch, precisions=_values(precision),
                              calibration=calibration.value if calibration else None),
         verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
     console.print(run_table(outcome))
@@ -226,7 +226,7 @@ def run(
 
 @command
 def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False,
-            precision: PredictPrecisionOpt = None) -> None:
+            precision: PredictPrecisionOpt = None, format: PredictFormatOpt = None) -> None:
     """Classify images with an exported file (ONNX first) and the manifest's preprocessing only, as a device does.
 
     An unusable image (missing, not a regular file, damaged) gets an `error:` line and exit code 2; the rest run.
@@ -236,7 +236,8 @@ def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_
     from edgetl.cli.tables import predict_table
     from edgetl.predict import predict_images
 
-    result = predict_images(run_dir, images, top_k=top_k, precision=precision.value if precision else None)
+    result = predict_images(run_dir, images, top_k=top_k, precision=precision.value if precision else None,
+                            fmt=format.value if format else None)
     if json_out:
         typer.echo(json.dumps([asdict(row) for row in result.rows], indent=2))
     else:

@@ -25,6 +25,7 @@ class Device(str, Enum):
 
 # The export formats' registry, plus `all`: a new format module appears here with nothing to edit.
 FormatChoice = Enum("FormatChoice", {name: name for name in (*FORMATS, "all")}, type=str)
+OneFormat = Enum("OneFormat", {name: name for name in FORMATS}, type=str)  # a file to run: no `all`
 
 
 class Precision(str, Enum):
@@ -78,7 +79,8 @@ MaxRegressionOpt = Annotated[float, typer.Option("--max-regression", help="Allow
 ThreadsOpt = Annotated[Optional[list[int]], typer.Option("--threads", help="Thread counts to time, repeatable (default: 1 and all cores).")]
 LatencySecondsOpt = Annotated[float, typer.Option("--latency-seconds", help="Time each latency setting at least this long (capped at 3x).")]
 ExportRunArg = Annotated[Path, typer.Argument(help="Run directory, trained (`edgetl train`).")]
-FormatOpt = Annotated[FormatChoice, typer.Option("--format", "-f", help="What to write.")]
+FormatOpt = Annotated[Optional[list[FormatChoice]], typer.Option("--format", "-f", help="What to write, repeatable; `all` for every format (default: the recipe's \\[export] formats, else onnx and torchscript). executorch and litert need `pip install 'edgetl\\[all]'`.")]
+PredictFormatOpt = Annotated[Optional[OneFormat], typer.Option("--format", "-f", help="Use the file of this format (default: the first listed, ONNX).")]
 PrecisionOpt = Annotated[Optional[list[Precision]], typer.Option("--precision", "-p", help="fp32 | fp16 | int8, repeatable; each its own file beside the fp32 one (default: the recipe's [export] precisions, else fp32).")]
 CalibrationOpt = Annotated[Optional[Calibration], typer.Option("--calibration", help="INT8 calibration method (default: the recipe's, else minmax).")]
 PredictPrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", "-p", help="Use the file of this precision (default: the first listed, fp32).")]

@@ -91,7 +91,8 @@ def latency_table(report: VerifyReport) -> Table:
                           f"ISA: {' '.join(m.get('isa', [])) or '—'}\n{_gate_line(report)}")
     for col in ("file", "runtime", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs eager",
                 "cold start", "first call", "RSS Δ", "size", "iters"):
-        table.add_column(col, justify="left" if col in ("file", "runtime") else "right")
+        table.add_column(col, justify="left" if col in ("file", "runtime") else "right",
+                         min_width=len("model.int8.tflite") if col == "file" else None)
     gate = report.gate or {}
     for r in report.latency:
         is_gate = gate and all(r[k] == gate[k] for k in ("file", "batch", "threads"))
@@ -179,7 +180,8 @@ def run_table(outcome: Any) -> Table:
         mine = [c for c in checks if c["artifact"] == a.file]
         status = "—" if not mine else "[green]✓[/]" if all(c["passed"] for c in mine) else "[red]✗[/]"
         table.add_row(a.file, _size(a.bytes), _pct(p.get("accuracy")), _g(p.get("max_abs_diff")),
-                      _pct(p.get("top1_agreement")), *(_p50(latency, a.format, t) for t in _threads(latency)), status)
+                      _pct(p.get("top1_agreement")), *(_p50(latency, a.format, t, file=a.file) for t in _threads(latency)),
+                      status)
     if scratch is not None:
         table.add_section()
         table.add_row("best val acc, pretrained", "", _pct(train.best_val_acc), "", "", "", "", "")
@@ -194,8 +196,10 @@ def _threads(latency: list[dict[str, Any]]) -> list[int]:
     return [counts[0], counts[-1]] if counts else [1, 0]
 
 
-def _p50(latency: list[dict[str, Any]], runtime: str, threads: int) -> str:
-    rows = [r for r in latency if r["runtime"] == runtime and r["threads"] == threads and r["batch"] == 1]
+def _p50(latency: list[dict[str, Any]], runtime: str, threads: int, *, file: str | None = None) -> str:
+    """The batch-1 p50 of a runtime (of one file of it: a format's int8 file is timed beside its fp32 one)."""
+    rows = [r for r in latency if r["runtime"] == runtime and r["threads"] == threads and r["batch"] == 1
+            and (file is None or r["file"] == file)]
     return f"{rows[0]['p50_ms']:.2f}" if rows else "—"
 
 

@@ -31,11 +31,17 @@ class Written:
     seconds: float
     opset: int | None = None
     quantization: dict[str, Any] | None = None  # lower precisions: how the file was made and judged
+    runtime: str | None = None  # what runs it (Format.runtime)
+    versions: dict[str, str | None] | None = None  # the packages that wrote it and run it
+    input: dict[str, Any] | None = None  # the file's own tensors, where they are not the manifest's (a fixed
+    output: dict[str, Any] | None = None  # batch of 1, int8 io): what a device must feed this file
+    delegation: dict[str, Any] | None = None  # the share of the graph a delegate (XNNPACK) runs
 
     def entry(self) -> ArtifactEntry:
         return ArtifactEntry(format=self.format, file=self.file, bytes=self.bytes, sha256=self.sha256,
                              precision=self.precision, opset=self.opset, seconds=self.seconds,
-                             quantization=self.quantization)
+                             quantization=self.quantization, runtime=self.runtime, versions=self.versions,
+                             input=self.input, output=self.output, delegation=self.delegation)
 
 
 def build_manifest(*, ckpt: CheckpointMeta, checkpoint: str, meta: ExportMeta, report: DeployReport,

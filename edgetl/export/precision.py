@@ -1,12 +1,16 @@
 """Lower-precision files beside the fp32 ones: INT8 calibrated on train images and guarded on val images, fp16.
 
-    written = derive_precision("onnx", "int8", tmp / "model.onnx", tmp, run_dir=run, meta=meta, plan=QuantPlan())
+    source = Source(fp32=tmp / "model.onnx", model=deployed, example=example, meta=meta)
+    written = derive_precision("onnx", "int8", source, tmp, run_dir=run, plan=QuantPlan())
 
-INT8 calibrates on a seeded draw of train-split images, preprocessed exactly as the device does. The accuracy
-guard then compares the INT8 file with the fp32 file on val images, against verify's int8 bars (top-1
-agreement, accuracy drop). While a bar fails, the nodes whose own quantization is noisiest (onnxruntime's QDQ
-debugging helpers) stay float — 1, then 2, 4, ... more — and the file is quantized again, until the bars hold or
-the rounds run out. What was excluded, and the figures of every round, go into the manifest.
+Each format says how it makes a precision (`Format.derive`: ONNX rewrites its fp32 file with onnxruntime's
+tools; ExecuTorch and LiteRT quantize the deploy model with PT2E and convert it again); this module runs them
+the same way. INT8 calibrates on a seeded draw of train-split images, preprocessed exactly as the device does
+(the same draw for every format). The accuracy guard then compares the INT8 file with the fp32 file of its
+format on val images, against verify's int8 bars (top-1 agreement, accuracy drop). While a bar fails, the
+model's ends, then the layers whose own quantization is noisiest (where the format can rank them: onnxruntime's
+QDQ debugging helpers) stay float and the file is quantized again, until the bars hold or the rounds run out.
+What was excluded, and the figures of every round, go into the manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from edgetl import files
 from edgetl.errors import EdgetlError
 from edgetl.export.manifest import Written
 from edgetl.formats import FORMATS
-from edgetl.formats.base import ExportMeta
-from edgetl.formats.onnx_precision import CALIBRATION_METHODS, boundary_nodes, node_count, node_errors, preprocessed
+from edgetl.formats.base import Source
+from edgetl.formats.onnx_precision import CALIBRATION_METHODS
 from edgetl.preprocessing import Preprocessing
 from edgetl.verify.gate import BARS
 from edgetl.verify.inputs import Inputs, calibration_images, gather_inputs
@@ -71,71 +75,80 @@ def check_precisions(formats: list[str], precisions: list[str]) -> None:
                               f"{', '.join(formats)} — add --format {able[0] if able else 'onnx'}")
 
 
-def derive_precision(fmt_name: str, precision: str, fp32: Path, folder: Path, *, run_dir: Path, meta: ExportMeta,
+def derive_precision(fmt_name: str, precision: str, source: Source, folder: Path, *, run_dir: Path,
                      plan: QuantPlan) -> Written:
-    """One lower-precision file from the fp32 file `fp32`, written into `folder`, described for the manifest."""
+    """One lower-precision file made from `source` (the fp32 file and the deploy model), written into `folder`,
+    described for the manifest."""
     fmt = FORMATS[fmt_name]
+    derivation = fmt.derive[precision]
     out = folder / fmt.file_for(precision)
+    meta = source.meta
     prep = Preprocessing.coerce(meta.preprocessing)
     started = time.perf_counter()
     val = gather_inputs(run_dir, labels=meta.labels, preprocessing=prep, data=None, samples=plan.guard_images,
                         random=0)
-    if precision == "int8":
-        calibration, source = calibration_images(run_dir, labels=meta.labels, preprocessing=prep,
-                                                 samples=plan.calibration_images, seed=plan.seed)
-        if len(calibration) == 0:
-            raise EdgetlError(f"no train images to calibrate INT8 on (split.json of {run_dir}) — INT8 needs the "
-                              f"run's data folder on this machine")
-        settings = _guarded_int8(fmt_name, fp32, out, calibration=calibration, val=val, plan=plan)
-        settings["calibration"] = {**source, "method": plan.method}
-    else:
-        settings = fmt.derive[precision](fp32, out)
-        settings["guard"] = {"rounds": [_judge(fmt_name, fp32, out, val, precision)]}
+    with tempfile.TemporaryDirectory(prefix=f"edgetl-{precision}-") as tmp:
+        prepared = derivation.prepare(source, Path(tmp))
+        if precision == "int8":
+            calibration, drawn = calibration_images(run_dir, labels=meta.labels, preprocessing=prep,
+                                                    samples=plan.calibration_images, seed=plan.seed)
+            if len(calibration) == 0:
+                raise EdgetlError(f"no train images to calibrate INT8 on (split.json of {run_dir}) — INT8 needs "
+                                  f"the run's data folder on this machine")
+            settings = _guarded_int8(fmt_name, prepared, source.fp32, out, Path(tmp), calibration=calibration,
+                                     val=val, plan=plan)
+            settings["calibration"] = {**drawn, "method": settings.get("method", plan.method)}
+        else:
+            settings = derivation.make(prepared, out)
+            settings["guard"] = {"rounds": [_judge(fmt_name, source.fp32, out, val, precision)]}
+    fields = settings.pop("fields", {})  # the file's own manifest fields (its io, its delegation)
     seconds = time.perf_counter() - started
     log.info("%s %s: %s, %.1f MB in %.1f s", fmt_name, precision, out.name, out.stat().st_size / 1e6, seconds)
     return Written(format=fmt_name, file=out.name, bytes=out.stat().st_size, sha256=files.sha256_file(out),
-                   precision=precision, seconds=round(seconds, 3), quantization=settings)
+                   precision=precision, seconds=round(seconds, 3), quantization=settings, runtime=fmt.runtime,
+                   versions=fmt.versions(), **fields)
 
 
-def _guarded_int8(fmt_name: str, fp32: Path, out: Path, *, calibration: np.ndarray, val: Inputs,
-                  plan: QuantPlan) -> dict[str, Any]:
-    """Quantize, judge, and while the accuracy drop exceeds the bar keep more nodes float: first the model's ends
-    (its first conv and its classifier, the layers CNN quantization hurts most), then the nodes with the noisiest
-    own quantization, GUARD_STEP more per round, at most MAX_FLOAT_FRACTION of the nodes (beyond that the file is
-    mostly float and its speed-up gone). The first round that holds is kept; if none does, the one with the
-    smallest drop."""
-    quantize = FORMATS[fmt_name].derive["int8"]
+def _guarded_int8(fmt_name: str, prepared: Any, fp32: Path, out: Path, folder: Path, *, calibration: np.ndarray,
+                  val: Inputs, plan: QuantPlan) -> dict[str, Any]:
+    """Quantize, judge, and while the accuracy drop exceeds the bar keep more layers float: first the model's ends
+    (its first conv and its classifier, the layers CNN quantization hurts most), then the layers with the noisiest
+    own quantization where the format can rank them, GUARD_STEP more per round, at most MAX_FLOAT_FRACTION of the
+    graph (beyond that the file is mostly float and its speed-up gone). The first round that holds is kept; if
+    none does, the one with the smallest drop, then the best agreement."""
+    derivation = FORMATS[fmt_name].derive["int8"]
+    suffix = "".join(fp32.suffixes)
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="edgetl-int8-") as tmp:
-        folder = Path(tmp)
-        pre = preprocessed(fp32, folder)
-        activations, timed = plan.activations, None
-        if activations == "auto":
-            activations, timed = _faster_activations(fmt_name, fp32, folder, calibration=calibration, plan=plan,
-                                                     pre=pre)
-        ends, cap = boundary_nodes(pre), max(2, int(MAX_FLOAT_FRACTION * node_count(pre)))
-        excluded: list[str] = []
-        ranked: list[str] | None = None
-        for round_ in range(GUARD_ROUNDS + 1):
-            path = folder / f"round{round_}.onnx"
-            settings = quantize(fp32, path, calibration=calibration, method=plan.method, exclude=excluded, pre=pre,
-                                activations=activations)
-            rounds.append({**_judge(fmt_name, fp32, path, val, "int8"), "excluded_nodes": list(excluded),
-                           "file": path})
-            if rounds[-1]["holds"] is not False:
-                break
-            if ranked is None:  # the per-node errors of the fully quantized model, worst first
-                ranked = [n for n, _ in node_errors(pre, path, calibration[:DEBUG_IMAGES]) if n not in ends]
-            more = ends if not excluded else [n for n in ranked if n not in excluded][:GUARD_STEP]
-            if not more or len(excluded) + len(more) > cap:
-                break
-            excluded = excluded + more
-            log.info("int8 guard: %s; keeping %d node(s) float and quantizing again", rounds[-1]["why"], len(excluded))
-        holding = [r for r in rounds if r["holds"] is not False]
-        chosen = holding[0] if holding else min(rounds, key=lambda r: (r["accuracy_drop"], len(r["excluded_nodes"])))
-        shutil.copyfile(chosen["file"], out)
+    activations, timed = _activations(fmt_name, prepared, folder, calibration=calibration, plan=plan)
+    ends = derivation.ends(prepared)
+    cap = max(2, int(MAX_FLOAT_FRACTION * derivation.size(prepared)))
+    excluded: list[str] = []
+    ranked: list[str] | None = None
+    for round_ in range(GUARD_ROUNDS + 1):
+        path = folder / f"round{round_}{suffix}"
+        settings = derivation.make(prepared, path, calibration=calibration, method=plan.method, exclude=excluded,
+                                   activations=activations)
+        rounds.append({**_judge(fmt_name, fp32, path, val, "int8"), "excluded_nodes": list(excluded),
+                       "file": path, "settings": settings})
+        if rounds[-1]["holds"] is not False:
+            break
+        if ranked is None:  # the per-layer errors of the fully quantized model, worst first
+            noisiest = derivation.noisiest
+            ranked = [] if noisiest is None else [n for n in noisiest(prepared, path, calibration[:DEBUG_IMAGES])
+                                                  if n not in ends]
+        more = ends if not excluded else [n for n in ranked if n not in excluded][:GUARD_STEP]
+        if not more or len(excluded) + len(more) > cap:
+            break
+        excluded = excluded + more
+        log.info("int8 guard: %s; keeping %d layer(s) float and quantizing again", rounds[-1]["why"], len(excluded))
+    holding = [r for r in rounds if r["holds"] is not False]
+    # None holds: the smallest drop, then the best agreement, then the fewest float layers
+    chosen = holding[0] if holding else min(rounds, key=lambda r: (r["accuracy_drop"], -r.get("top1_agreement", 0.0),
+                                                                   len(r["excluded_nodes"])))
+    shutil.copyfile(chosen["file"], out)
+    settings = chosen["settings"]
     for r in rounds:
-        del r["file"]
+        del r["file"], r["settings"]
     if chosen["holds"] is False:
         log.warning("int8 guard: the accuracy drop stays above the bar (%s, the best of %d rounds kept); verify will "
                     "say don't ship", chosen["why"], len(rounds))
@@ -145,20 +158,37 @@ def _guarded_int8(fmt_name: str, fp32: Path, out: Path, *, calibration: np.ndarr
                       chosen["excluded_nodes"], "rounds": rounds}}
 
 
-def _faster_activations(fmt_name: str, fp32: Path, folder: Path, *, calibration: np.ndarray, plan: QuantPlan,
-                        pre: Path) -> tuple[str, dict[str, float]]:
-    """Quantize with uint8 and with int8 activations and time both here (batch 1, all threads): which one pays
-    depends on the CPU's integer kernels (VNNI favours uint8; S8S8 was slower than fp32 on one such CPU)."""
+def _activations(fmt_name: str, prepared: Any, folder: Path, *, calibration: np.ndarray,
+                 plan: QuantPlan) -> tuple[str, dict[str, float] | None]:
+    """The INT8 activation type: the plan's where the format makes it; with `auto` and a choice, the faster one
+    here. A format with one type (PT2E's int8) makes that one whatever the plan says, and the manifest says so."""
+    made = FORMATS[fmt_name].derive["int8"].activations
+    if plan.activations in made:
+        return plan.activations, None
+    if plan.activations == "auto" and len(made) > 1:
+        return _faster_activations(fmt_name, prepared, folder, calibration=calibration, plan=plan)
+    if plan.activations != "auto":
+        log.info("%s int8: %s activations are not made by its quantizer; %s instead", fmt_name, plan.activations,
+                 made[0])
+    return made[0], None
+
+
+def _faster_activations(fmt_name: str, prepared: Any, folder: Path, *, calibration: np.ndarray,
+                        plan: QuantPlan) -> tuple[str, dict[str, float]]:
+    """Quantize with each activation type the format makes and time them here (batch 1, all threads): which one
+    pays depends on the CPU's integer kernels (VNNI favours uint8; S8S8 was slower than fp32 on one such CPU)."""
     fmt = FORMATS[fmt_name]
+    derivation = fmt.derive["int8"]
     timed = {}
-    for activations in ("uint8", "int8"):
-        path = folder / f"{activations}.onnx"
-        fmt.derive["int8"](fp32, path, calibration=calibration, method=plan.method, pre=pre, activations=activations)
+    for activations in derivation.activations:
+        path = folder / f"{activations}{''.join(Path(fmt.file).suffixes)}"
+        derivation.make(prepared, path, calibration=calibration, method=plan.method, exclude=[],
+                        activations=activations)
         runner = fmt.load(path)
         batch = runner.inputs[0].shape[0] if runner.inputs else None
         x = np.repeat(calibration[:1], batch if isinstance(batch, int) else 1, axis=0)  # a fixed batch takes its size
         timed[activations] = round(_p50_ms(runner, x), 4)
-    log.info("int8 activations: uint8 p50 %.2f ms, int8 p50 %.2f ms here", timed["uint8"], timed["int8"])
+    log.info("int8 activations: %s here", ", ".join(f"{a} p50 {ms:.2f} ms" for a, ms in timed.items()))
     return min(timed, key=timed.__getitem__), timed
 
 

@@ -2,8 +2,9 @@
 
     edgetl export artifacts/20250101-120000-quickstart --format all
 
-Writes `<run>/export/{model.onnx, model.torchscript.pt, manifest.json}`. Each format is a module of
-`edgetl.formats`; `_write` runs its writer, timed, and records size and sha256. The new export is built in a
+Writes `<run>/export/{model.onnx, model.torchscript.pt, manifest.json}` (and `model.pte`, `model.tflite`, the
+int8 / fp16 files, when asked). Each format is a module of `edgetl.formats`; `_write` runs its writer, timed,
+and records size, sha256, its runtime and the versions of the packages that wrote it. The new export is built in a
 temp folder beside the old one and swapped in at the end, so a failure midway leaves the previous export
 exactly as it was. The manifest is written last: its presence marks a complete export.
 """
@@ -28,7 +29,7 @@ from edgetl.export.deploy import DeployReport, deploy_model
 from edgetl.export.manifest import Written, build_manifest
 from edgetl.export.precision import QuantPlan, check_precisions, derive_precision
 from edgetl.formats import FORMATS, resolve_formats
-from edgetl.formats.base import ExportMeta
+from edgetl.formats.base import ExportMeta, Source
 from edgetl.rundir import CheckpointMeta, Manifest, RunDir
 from edgetl.train.checkpoint import check_belongs, checkpoint_meta, load_model
 from edgetl.verify.inputs import gather_inputs
@@ -66,7 +67,8 @@ def _write(name: str, model: nn.Module, example: torch.Tensor, folder: Path, *, 
     written = set(folder.iterdir()) - before
     assert written == {path}, f"{name} writer wrote {sorted(p.name for p in written)}, expected only {fmt.file}"
     artifact = Written(format=name, file=fmt.file, bytes=path.stat().st_size, sha256=files.sha256_file(path),
-                       precision=fmt.precisions[0], seconds=round(seconds, 3), **extra)
+                       precision=fmt.precisions[0], seconds=round(seconds, 3), runtime=fmt.runtime,
+                       versions=fmt.versions(), **extra)
     log.info("%s: %s, %.1f MB in %.1f s", name, fmt.file, artifact.bytes / 1e6, seconds)
     return artifact
 
@@ -158,6 +160,9 @@ def check_request(formats: Sequence[str], *, opset: int | None, batch: int | Non
         raise EdgetlError(f"--batch must be dynamic or a size from 1 to {MAX_BATCH} (got {batch})")
     request = ExportMeta(backbone="", labels=[], preprocessing={}, recipe_sha256=None, batch=batch, opset=opset)
     for name in names:
+        missing = FORMATS[name].missing()
+        if missing:
+            raise EdgetlError(missing)
         FORMATS[name].check_request(request)
     return names
 
@@ -238,10 +243,10 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
         for name in names:
             with _step(f"{name} ({FORMATS[name].file})", out):
                 artifacts.append(_write(name, deployed, example, tmp, meta=meta))
+            source = Source(fp32=tmp / FORMATS[name].file, model=deployed, example=example, meta=meta)
             for precision in (p for p in dict.fromkeys(precisions) if p in FORMATS[name].derive):
                 with _step(f"{name} {precision} ({FORMATS[name].file_for(precision)})", out):
-                    artifacts.append(derive_precision(name, precision, tmp / FORMATS[name].file, tmp,
-                                                      run_dir=run_dir, meta=meta, plan=plan))
+                    artifacts.append(derive_precision(name, precision, source, tmp, run_dir=run_dir, plan=plan))
         manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
                                   artifacts=artifacts)
         with _step(MANIFEST, out):

@@ -1,10 +1,13 @@
 """Export formats, one module each, in one registry: `FORMATS = {name: Format}`.
 
     from edgetl.formats import FORMATS, resolve_formats
-    resolve_formats(["all"])   # ["onnx", "torchscript"]
+    resolve_formats(["all"])   # ["onnx", "torchscript", "executorch", "litert"]
+    DEFAULT_FORMATS            # ["onnx", "torchscript"]: those without an optional extra
 
 Adding a format is adding a module with a `FORMAT` and one line here; export, verify, predict and the CLI's
-`--format` choices follow from the registry.
+`--format` choices follow from the registry. Formats whose runtime is an optional extra (ExecuTorch, LiteRT) are
+written when asked for (`--format`, the recipe's [export] formats, or `all`), never by default: a default export
+must work on the core install.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import difflib
 from collections.abc import Sequence
 
 from edgetl.errors import EdgetlError
-from edgetl.formats import onnx, torchscript
+from edgetl.formats import executorch, litert, onnx, torchscript
 from edgetl.formats.base import Format
 
 FORMATS: dict[str, Format] = {}
@@ -26,8 +29,10 @@ def register(fmt: Format) -> Format:
     return fmt
 
 
-for _module in (onnx, torchscript):  # the order of `--format all`, the manifest and the reports
+for _module in (onnx, torchscript, executorch, litert):  # the order of `--format all`, the manifest and the reports
     register(_module.FORMAT)
+
+DEFAULT_FORMATS: list[str] = [name for name, fmt in FORMATS.items() if fmt.extra is None]
 
 
 def get_format(name: str) -> Format:

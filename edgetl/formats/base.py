@@ -2,16 +2,18 @@
 
     fmt = FORMATS["onnx"]; fmt.write(model, example, path, meta=meta); runner = fmt.load(path, threads=1)
 
-A format is one module (`formats/onnx.py`, `formats/torchscript.py`) that defines how to write its file from
+A format is one module (`formats/onnx.py`, `formats/executorch.py`, ...) that defines how to write its file from
 the deploy model, how to load and run that file (a `Runner`: float32 NCHW numpy in, logits out), how to read
-the labels and preprocessing the file embeds (`read_meta`), and which precisions and optional extra it has.
-`export`, `verify`, `predict` and the CLI iterate over `FORMATS` and never branch on a format's name. Torch
-imports stay inside functions: `edgetl --help` must not pay for them.
+the labels and preprocessing the file embeds (`read_meta`), its lower precisions (`derive`), and the optional
+extra its converter and runtime need. `export`, `verify`, `predict` and the CLI iterate over `FORMATS` and never
+branch on a format's name. Torch and runtime imports stay inside functions: `edgetl --help` must not pay for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgetl import __version__
+from edgetl.errors import EdgetlError
 
 if TYPE_CHECKING:
     import torch
@@ -40,27 +43,35 @@ class ExportMeta:
     batch: int | None  # None: dynamic batch axis
     opset: int | None  # None: the exporter's default
 
-    def describe(self) -> dict[str, str]:
+    def describe(self, precision: str = "fp32") -> dict[str, str]:
         """Flat string metadata (ONNX metadata_props, TorchScript extra file)."""
         return {"labels": json.dumps(self.labels), "preprocessing": json.dumps(self.preprocessing),
                 "edgetl_version": __version__, "backbone": self.backbone, "recipe_sha256": self.recipe_sha256 or "",
-                "precision": "fp32"}
+                "precision": precision}
 
-    def io(self) -> dict[str, dict[str, Any]]:
-        """The input and output tensors: name, shape ("batch" for a dynamic axis), dtype."""
-        batch: int | str = "batch" if self.batch is None else self.batch
+    def io(self, *, batch: int | None = None) -> dict[str, dict[str, Any]]:
+        """The input and output tensors: name, shape ("batch" for a dynamic axis), dtype; `batch`: a file's own
+        fixed batch instead of the export's."""
+        batch = self.batch if batch is None else batch
+        dim: int | str = "batch" if batch is None else batch
         size = self.preprocessing["crop_size"]
-        return {"input": {"name": INPUT_NAME, "shape": [batch, 3, size, size], "dtype": "float32"},
-                "output": {"name": OUTPUT_NAME, "shape": [batch, len(self.labels)], "dtype": "float32"}}
+        return {"input": {"name": INPUT_NAME, "shape": [dim, 3, size, size], "dtype": "float32"},
+                "output": {"name": OUTPUT_NAME, "shape": [dim, len(self.labels)], "dtype": "float32"}}
+
+    def own_io(self, io: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A file's io for its manifest entry: empty when it is the export's (the manifest's input/output)."""
+        return {} if io == self.io() else io
 
 
 @dataclass(frozen=True)
 class Signature:
     """One graph input or output as the file declares it; symbolic dims are strings (or None)."""
 
-    name: str
+    name: str | None  # None: the format has no tensor names (ExecuTorch), only shapes and dtypes
     shape: list[int | str | None]
     dtype: str
+    scale: float | None = None  # an integer tensor's quantization: real = scale * (q - zero_point)
+    zero_point: int | None = None
 
 
 @dataclass
@@ -93,6 +104,37 @@ def no_meta(path: Path) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
+class Source:
+    """What a lower precision is made from: the written fp32 file, and the deploy model it was written from
+    with its traced example. ONNX's transforms rewrite the file; ExecuTorch's and LiteRT's quantize the model
+    (PT2E) and convert it again."""
+
+    fp32: Path
+    model: nn.Module
+    example: torch.Tensor
+    meta: ExportMeta
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """One lower precision of a format (edgetl.export.precision runs it: calibration, the accuracy guard).
+
+    `prepare` turns the Source into what every attempt starts from (ONNX: its pre-processed graph), once; `make`
+    writes one attempt to `out` and returns how it was made, for the manifest. INT8's make also takes
+    `calibration` (float32 NCHW train images), `method`, `activations` and `exclude` (layers kept float); the
+    guard keeps `ends` float first, then the `noisiest` layers of a failed attempt, at most a share of `size`.
+    """
+
+    make: Callable[..., dict[str, Any]]
+    prepare: Callable[[Source, Path], Any] = field(default=lambda source, folder: source)
+    ends: Callable[[Any], list[str]] = field(default=lambda prepared: [])
+    size: Callable[[Any], int] = field(default=lambda prepared: 0)
+    # (prepared, failed attempt, images) -> layer names, noisiest first; None: the format cannot rank them
+    noisiest: Callable[[Any, Path, np.ndarray], list[str]] | None = None
+    activations: tuple[str, ...] = ("int8",)  # INT8 activation types it can make; the guard times them if several
+
+
+@dataclass(frozen=True)
 class Format:
     name: str
     file: str  # the file name in RUN/export
@@ -101,17 +143,31 @@ class Format:
     runtime: str  # what `load` runs it with, for reports
     precisions: tuple[str, ...] = ("fp32",)
     extra: str | None = None  # the `pip install edgetl[EXTRA]` its runtime needs; None: a core dependency
+    requires: tuple[str, ...] = ()  # the modules that extra provides (probed without importing them)
+    packages: tuple[str, ...] = ()  # distributions whose versions the manifest records with each file
     gates_latency: bool = False  # its p50 is the figure `--max-latency-ms` and `--baseline` apply to
     check_request: Callable[[ExportMeta], None] = field(default=lambda meta: None)  # refuse bad flags up front
     # The file's own description (`embedded_meta`): labels and preprocessing at least; None when it has none
     read_meta: Callable[[Path], dict[str, Any] | None] = no_meta
-    # Lower precisions made from the written fp32 file: precision -> its transform (edgetl.export.precision
-    # runs them, with calibration and the accuracy guard). `precisions` lists fp32 and these.
-    derive: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
+    # Lower precisions made from the fp32 export: precision -> how (edgetl.export.precision runs them, with
+    # calibration and the accuracy guard). `precisions` lists fp32 and these.
+    derive: dict[str, Derivation] = field(default_factory=dict)
 
     @property
     def all_precisions(self) -> tuple[str, ...]:
         return (*self.precisions, *self.derive)
+
+    def missing(self) -> str | None:
+        """One line naming the pip command when the optional extra this format needs is not installed."""
+        absent = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if not absent:
+            return None
+        return (f"--format {self.name} needs {', '.join(absent)}, which is not installed — "
+                f"pip install 'edgetl[{self.extra}]'")
+
+    def versions(self) -> dict[str, str | None]:
+        """The installed versions of the packages that write and run this format, for the manifest."""
+        return {p: _version(p) for p in self.packages}
 
     def file_for(self, precision: str) -> str:
         """model.onnx for fp32, model.int8.onnx for int8: every precision its own file, side by side."""
@@ -119,6 +175,44 @@ class Format:
             return self.file
         stem, dot, suffix = self.file.partition(".")
         return f"{stem}.{precision}{dot}{suffix}"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def require(fmt_name: str, extra: str, module: str) -> None:
+    """Before importing an optional runtime: a missing one is a one-line usage error naming the pip command."""
+    if importlib.util.find_spec(module) is None:
+        raise EdgetlError(f"{fmt_name} needs {module}, which is not installed — pip install 'edgetl[{extra}]'")
+
+
+def file_batch(meta: ExportMeta) -> int:
+    """The batch an on-device file (ExecuTorch, LiteRT) is written at: the export's fixed batch, else 1. Their
+    runtimes plan memory for fixed shapes (ExecuTorch's dynamic dims are bounded, LiteRT resizes by re-planning),
+    a phone classifies one frame at a time, and a runner loops over bigger batches (`fixed_batch_runner`); the
+    manifest entry records the file's own batch."""
+    return meta.batch or 1
+
+
+def fixed_batch_runner(run_fixed: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Run a file whose batch is fixed on any number of rows: `batch` rows per call, the last call padded with
+    copies of its last row — what a device's loop over its camera frames does."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(x), batch):
+            part = x[start:start + batch]
+            n = len(part)
+            if n < batch:
+                part = np.concatenate([part, np.repeat(part[-1:], batch - n, axis=0)])
+            out.append(run_fixed(np.ascontiguousarray(part))[:n])
+        return np.concatenate(out)
+
+    return run
 
 
 def embedded_meta(props: Mapping[str, Any]) -> dict[str, Any] | None:

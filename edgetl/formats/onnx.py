@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetl.errors import EdgetlError, ExportError
 from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature, embedded_meta
-from edgetl.formats.onnx_precision import quantize_int8, to_fp16
+from edgetl.formats.onnx_precision import FP16, INT8
 from edgetl.quiet import quiet
 
 if TYPE_CHECKING:
@@ -95,5 +95,5 @@ def read_onnx_meta(path: Path) -> dict[str, Any] | None:
 
 
 FORMAT = Format(name="onnx", file="model.onnx", write=write_onnx, load=load_onnx, runtime="onnxruntime (CPU)",
-                gates_latency=True, check_request=check_request, read_meta=read_onnx_meta,
-                derive={"int8": quantize_int8, "fp16": to_fp16})
+                packages=("onnx", "onnxruntime"), gates_latency=True, check_request=check_request,
+                read_meta=read_onnx_meta, derive={"int8": INT8, "fp16": FP16})

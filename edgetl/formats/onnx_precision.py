@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.formats.base import INPUT_NAME
+from edgetl.formats.base import INPUT_NAME, Derivation, Source
 from edgetl.quiet import quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -156,3 +157,34 @@ def to_fp16(fp32: Path, out: Path) -> dict[str, Any]:
     onnx.save_model(onnx_ir.to_proto(converted), str(out), save_as_external_data=False)
     _copy_metadata(fp32, out, precision="fp16")  # the converter keeps them; this records the precision
     return {"weights": "fp16", "compute": "fp16", "io": "fp32"}
+
+
+# --- the Derivation records onnx.py registers (edgetl.export.precision drives them) ---------------------------
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every INT8 attempt starts from: the fp32 file and its pre-processed graph, made once."""
+
+    fp32: Path
+    pre: Path
+
+
+def _prepare(source: Source, folder: Path) -> Prepared:
+    return Prepared(fp32=source.fp32, pre=preprocessed(source.fp32, folder))
+
+
+def _quantize(prepared: Prepared, out: Path, **options: Any) -> dict[str, Any]:
+    return quantize_int8(prepared.fp32, out, pre=prepared.pre, **options)
+
+
+def _noisiest(prepared: Prepared, attempt: Path, x: np.ndarray) -> list[str]:
+    return [name for name, _ in node_errors(prepared.pre, attempt, x)]
+
+
+def _fp16(source: Source, out: Path) -> dict[str, Any]:
+    return to_fp16(source.fp32, out)
+
+
+INT8 = Derivation(make=_quantize, prepare=_prepare, ends=lambda p: boundary_nodes(p.pre),
+                  size=lambda p: node_count(p.pre), noisiest=_noisiest, activations=("uint8", "int8"))
+FP16 = Derivation(make=_fp16)

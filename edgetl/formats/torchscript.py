@@ -74,4 +74,4 @@ def read_torchscript_meta(path: Path) -> dict[str, Any] | None:
 
 
 FORMAT = Format(name="torchscript", file="model.torchscript.pt", write=write_torchscript, load=load_torchscript,
-                runtime="torch.jit", read_meta=read_torchscript_meta)
+                runtime="torch.jit", packages=("torch",), read_meta=read_torchscript_meta)

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MAX_LATENCY_SECONDS = 600.0  # per timed setting: a bar a CI job can wait for
 MAX_BATCH = 1024  # latency of a bigger batch says nothing a device needs, and its input alone takes GBs
+# what the report records the versions of: edgetl's own stack, then every format's writer and runtime
+_VERSIONED = tuple(dict.fromkeys(("edgetl", "torch", "onnx", "onnxruntime", "numpy", "pillow",
+                                  *(p for fmt in FORMATS.values() for p in fmt.packages))))
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def _new_report(run: RunDir, settings: VerifySettings, *, baseline: bool) -> Ver
                                         "max_regression": settings.max_regression if baseline else None}},
         settings={"data": settings.data, "samples": settings.samples, "batches": None, "threads": None,
                   "timing": settings.timing.to_dict()},
-        machine=machine_fingerprint(), versions=rundir.package_versions("edgetl", "torch", "onnx", "onnxruntime", "numpy", "pillow"),
+        machine=machine_fingerprint(), versions=rundir.package_versions(*_VERSIONED),
         manifest_sha256=sha256_file(run.manifest),
     )
 
@@ -249,6 +252,8 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
     gate.check("manifest.json", "meaning", "files listed twice", sorted({f for f in files if files.count(f) > 1}),
                "==", [], detail=fix)
     for artifact in manifest.artifacts:
+        if artifact.input is not None or artifact.output is not None:
+            _check_own_io(artifact, manifest, meta, gate, fix=fix)
         path = export_dir / artifact.file
         fmt = FORMATS.get(artifact.format)
         if fmt is None or not path.resolve().is_relative_to(export_dir.resolve()) or not path.is_file():
@@ -273,6 +278,22 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                        artifact.precision, detail=edited)
         if embedded.get("opset") is not None and artifact.opset is not None:
             gate.check(artifact.file, "meaning", "opset", embedded["opset"], "==", artifact.opset, detail=edited)
+
+
+def _check_own_io(artifact: ArtifactEntry, manifest: Manifest, meta: CheckpointMeta, gate: Gate, *,
+                  fix: str) -> None:
+    """A file's own tensors (a fixed batch, integer io) may differ from the manifest's only in batch, dtype and
+    quantization: the image it takes and the classes it gives are the model's."""
+    crop = meta.preprocessing.crop_size
+    want_in, want_out = manifest.io_of(artifact.file)
+    name = artifact.file
+    gate.check(name, "meaning", "listed input shape", want_in.shape[1:], "==", [3, crop, crop], detail=fix)
+    gate.check(name, "meaning", "listed output size", want_out.shape[-1], "==", len(meta.labels), detail=fix)
+    for spec in (want_in, want_out):
+        batch = spec.shape[0]
+        if isinstance(batch, int):  # it sizes the batches verify and predict run this file at
+            gate.check(name, "meaning", f"listed {spec.name} batch", batch, ">=", 1, detail=fix)
+            gate.check(name, "meaning", f"listed {spec.name} batch", batch, "<=", MAX_BATCH, detail=fix)
 
 
 def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntry], checkpoint: Path,

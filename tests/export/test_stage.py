@@ -40,8 +40,8 @@ from edgetl.verify.inputs import gather_inputs
 ATOL = 1e-4  # per unit of logit scale (export.FOLD_ATOL): fp32 rounding alone exceeds 1e-4 absolute on b0
 MANIFEST_KEYS = ["schema_version", "edgetl_version", "created", "run", "labels", "preprocessing", "input", "output", "model",
                  "versions", "artifacts"]
-ARTIFACT_KEYS = {"onnx": ["format", "file", "bytes", "sha256", "precision", "opset", "seconds"],
-                 "torchscript": ["format", "file", "bytes", "sha256", "precision", "seconds"]}
+ARTIFACT_KEYS = {"onnx": ["format", "file", "bytes", "sha256", "precision", "opset", "seconds", "runtime", "versions"],
+                 "torchscript": ["format", "file", "bytes", "sha256", "precision", "seconds", "runtime", "versions"]}
 
 # Runs in a fresh interpreter: isolated (-I: no PYTHONPATH, no user site, no cwd on the path), and with edgetl,
 # timm and torchvision made unimportable, so the files provably need nothing but torch.

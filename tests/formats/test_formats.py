@@ -47,7 +47,8 @@ def test_the_registry_keys_formats_by_name_with_one_file_each_and_one_latency_ga
 def test_an_unknown_format_suggests_the_closest_name():
     with pytest.raises(EdgetlError) as err:
         get_format("onxx")
-    assert str(err.value) == "unknown export format 'onxx'; known: onnx, torchscript, all — did you mean 'onnx'?"
+    assert str(err.value) == ("unknown export format 'onxx'; known: onnx, torchscript, executorch, litert, all — "
+                              "did you mean 'onnx'?")
     with pytest.raises(EdgetlError, match="did you mean 'torchscript'"):
         get_format("torchscrip")
     with pytest.raises(EdgetlError) as err:
@@ -58,7 +59,8 @@ def test_an_unknown_format_suggests_the_closest_name():
 
 def test_resolve_formats_expands_all_in_registry_order_and_drops_duplicates():
     assert resolve_formats(["all"]) == list(FORMATS)
-    assert resolve_formats(["torchscript", "all", "onnx", "torchscript"]) == ["torchscript", "onnx"]
+    assert resolve_formats(["torchscript", "all", "onnx", "torchscript"]) == ["torchscript", "onnx", "executorch",
+                                                                               "litert"]
     assert resolve_formats(["onnx", "onnx"]) == ["onnx"]
     with pytest.raises(EdgetlError, match="no export format given"):
         resolve_formats([])
@@ -78,6 +80,8 @@ def test_registering_a_name_twice_or_all_is_refused_and_changes_nothing():
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_each_format_writes_a_file_its_loader_runs_with_the_models_logits(model, tmp_path, name):
     fmt = FORMATS[name]
+    if fmt.missing():
+        pytest.skip(f"{fmt.missing()} (make test installs it)")
     path = tmp_path / fmt.file
     example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     extra = fmt.write(model, example, path, meta=meta())
@@ -98,6 +102,11 @@ def test_each_format_writes_a_file_its_loader_runs_with_the_models_logits(model,
         assert json.loads(props["labels"]) == LABELS and json.loads(props["preprocessing"])["crop_size"] == 32
         ops = [n.op_type for n in proto.graph.node]
         assert ops.count("Conv") == 2 and "BatchNormalization" not in ops
+    elif fmt.extra:  # the on-device formats: batch-1 files that say so, run on any batch by their runners
+        assert extra["input"]["shape"] == [1, 3, 32, 32] and extra["output"]["shape"] == [1, len(LABELS)]
+        assert [s.shape for s in runner.inputs] == [[1, 3, 32, 32]] and runner.inputs[0].dtype == "float32"
+        described = fmt.read_meta(path)
+        assert described["labels"] == LABELS and described["precision"] == "fp32"
     else:
         assert extra == {} and runner.inputs is None
         with zipfile.ZipFile(path) as z:
