@@ -24,6 +24,7 @@ from edgetl.errors import DataError, EdgetlError, RunDirError, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Runner
+from edgetl.formats.engines import load_engine, require_engine
 from edgetl.images import UnusableImageError
 from edgetl.preprocessing import preprocess_image
 from edgetl.rundir import ArtifactEntry, Manifest
@@ -87,9 +88,15 @@ def choose_artifact(export_dir: Path, manifest: Manifest, *, precision: str | No
 
 
 def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None = None,
-                  precision: str | None = None, fmt: str | None = None) -> Runner:
+                  precision: str | None = None, fmt: str | None = None, engine: str | None = None) -> Runner:
     """The first listed artifact with a runtime here (of `fmt` and `precision`, when given), loaded once its
-    sha256 matches the manifest; the runner refuses logits whose size is not the manifest's label count."""
+    sha256 matches the manifest; the runner refuses logits whose size is not the manifest's label count. `engine`
+    (--runtime): run the ONNX file in OpenVINO or OpenCV instead of onnxruntime."""
+    if engine not in (None, "onnxruntime"):
+        require_engine(engine)
+        if fmt not in (None, "onnx"):
+            raise EdgetlError(f"--runtime {engine} runs ONNX files, not {fmt} — drop --format or use --format onnx")
+        fmt = "onnx"
     artifact = choose_artifact(export_dir, manifest, precision=precision, fmt=fmt)
     path = export_dir / artifact.file
     if path.is_symlink() or not path.resolve().is_relative_to(export_dir.resolve()):
@@ -103,7 +110,10 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
                            "the file changed after export — re-export it")
     runtime = FORMATS[artifact.format]
     try:
-        runner = runtime.load(path, threads=threads)
+        if engine not in (None, "onnxruntime"):
+            runner = load_engine(engine, path, threads=threads)
+        else:
+            runner = runtime.load(path, threads=threads)
         embedded = runtime.read_meta(path)
     except EdgetlError:  # its runtime is an extra that is not installed: the message names the pip command
         raise
@@ -138,13 +148,15 @@ def _check_output_size(path: Path, size: int, manifest: Manifest) -> None:
 
 
 def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
-                   threads: int | None = None, precision: str | None = None, fmt: str | None = None) -> PredictResult:
+                   threads: int | None = None, precision: str | None = None, fmt: str | None = None,
+                   engine: str | None = None) -> PredictResult:
     """Every image's prediction, or the reason it cannot be used, in the order given."""
     if not images:
         raise DataError("no image given — pass one or more image files")
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")
-    runner = load_artifact(export_dir, manifest, threads=threads, precision=precision, fmt=fmt)
+    runner = load_artifact(export_dir, manifest, threads=threads, precision=precision, fmt=fmt, engine=engine)
+    fmt = "onnx" if engine not in (None, "onnxruntime") else fmt
     batch = manifest.io_of(choose_artifact(export_dir, manifest, precision=precision, fmt=fmt).file)[0].shape[0]
     fixed = batch if isinstance(batch, int) else None
     size = fixed or PREDICT_BATCH

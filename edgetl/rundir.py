@@ -184,11 +184,13 @@ class ArtifactEntry(_Schema):
     input: TensorSpec | None = None
     output: TensorSpec | None = None
     delegation: dict[str, Any] | None = None  # ExecuTorch: the share of the graph XNNPACK runs
+    # ONNX: the exporter's opset, what the portable rewrite changed, and what no engine-safe form exists for
+    portable: dict[str, Any] | None = None
 
     @model_serializer(mode="wrap")
     def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        for key in ("opset", "quantization", "runtime", "versions", "input", "output", "delegation"):
+        for key in ("opset", "quantization", "runtime", "versions", "input", "output", "delegation", "portable"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -248,6 +250,8 @@ class VerifyReport(_Versioned):
     gate: dict[str, Any] | None = None  # a LatencyGate, kept as the dict the latency code passes around
     regression: dict[str, Any] | None = None
     go_no_go: list[dict[str, Any]] = []  # per fp16 / int8 file: edgetl.verify.decide
+    # per ONNX engine asked for (--runtime): its version, and what of the file it would refuse or compute wrong
+    engines: dict[str, dict[str, Any]] = {}
     settings: dict[str, Any] = {}
     machine: dict[str, Any] = {}
     versions: dict[str, str | None] = {}

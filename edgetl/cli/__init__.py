@@ -49,9 +49,11 @@ from edgetl.cli.options import (
     PredictJsonOpt,
     PredictPrecisionOpt,
     PredictRunArg,
+    PredictRuntimeOpt,
     RecipeOpt,
     ResumeOpt,
     RunResumeOpt,
+    RuntimeOpt,
     SamplesOpt,
     SeedOpt,
     SubsetOpt,
@@ -119,11 +121,12 @@ def _train_request(*, recipe: str, device: Device, epochs_scale: float | None, *
     return TrainRequest(recipe=recipe, overrides=overrides, epochs_scale=epochs_scale, device=device.value)
 
 
-def _verify_settings(*, latency_seconds: float, threads: list[int] | None = None, **flags):
+def _verify_settings(*, latency_seconds: float, threads: list[int] | None = None,
+                     runtimes: tuple[str, ...] | None = None, **flags):
     from edgetl.verify import VerifySettings
     from edgetl.verify.latency import TimingPlan
 
-    return VerifySettings(**flags, threads=tuple(threads) if threads else None,
+    return VerifySettings(**flags, threads=tuple(threads) if threads else None, runtimes=runtimes or ("onnxruntime",),
                           timing=TimingPlan(seconds=latency_seconds, max_seconds=3 * latency_seconds))
 
 
@@ -170,7 +173,7 @@ def verify(
     run_dir: VerifyRunArg, data: VerifyDataOpt = None, samples: SamplesOpt = 32, json_path: JsonOpt = None,
     atol: AtolOpt = None, min_top1: MinTop1Opt = None, batch: BatchOpt = None, max_latency_ms: MaxLatencyOpt = None,
     baseline: BaselineOpt = None, max_regression: MaxRegressionOpt = 0.10, threads: ThreadsOpt = None,
-    latency_seconds: LatencySecondsOpt = 1.0, verbose: VerboseOpt = False,
+    latency_seconds: LatencySecondsOpt = 1.0, runtime: RuntimeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Check an export before it ships: integrity, parity with the checkpoint, latency. Exit 1 if a bar fails."""
     from edgetl.pipeline import verify_stage
@@ -178,7 +181,7 @@ def verify(
     _setup_logging(verbose)
     settings = _verify_settings(data=data, samples=samples, atol=atol, min_top1=min_top1, batch=batch,
                                 max_latency_ms=max_latency_ms, baseline=baseline, max_regression=max_regression,
-                                threads=threads, latency_seconds=latency_seconds)
+                                threads=threads, latency_seconds=latency_seconds, runtimes=_values(runtime))
     _shown_on_failure(lambda: verify_stage(run_dir, settings, json_path=json_path, hooks=RichHooks()))
 
 
@@ -226,7 +229,8 @@ def run(
 
 @command
 def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_out: PredictJsonOpt = False,
-            precision: PredictPrecisionOpt = None, format: PredictFormatOpt = None) -> None:
+            precision: PredictPrecisionOpt = None, format: PredictFormatOpt = None, runtime: PredictRuntimeOpt = None
+            ) -> None:
     """Classify images with an exported file (ONNX first) and the manifest's preprocessing only, as a device does.
 
     An unusable image (missing, not a regular file, damaged) gets an `error:` line and exit code 2; the rest run.
@@ -237,7 +241,7 @@ def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_
     from edgetl.predict import predict_images
 
     result = predict_images(run_dir, images, top_k=top_k, precision=precision.value if precision else None,
-                            fmt=format.value if format else None)
+                            fmt=format.value if format else None, engine=runtime.value if runtime else None)
     if json_out:
         typer.echo(json.dumps([asdict(row) for row in result.rows], indent=2))
     else:

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgetl.formats import FORMATS
+from edgetl.formats.engines import ENGINES
 
 
 class Device(str, Enum):
@@ -26,6 +27,8 @@ class Device(str, Enum):
 # The export formats' registry, plus `all`: a new format module appears here with nothing to edit.
 FormatChoice = Enum("FormatChoice", {name: name for name in (*FORMATS, "all")}, type=str)
 OneFormat = Enum("OneFormat", {name: name for name in FORMATS}, type=str)  # a file to run: no `all`
+# The ONNX engines verify can run the ONNX files in (edgetl.formats.engines).
+RuntimeChoice = Enum("RuntimeChoice", {name: name for name in ENGINES}, type=str)
 
 
 class Precision(str, Enum):
@@ -76,6 +79,8 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Also time this
 MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Bar on the ONNX p50 latency, batch 1, all threads.")]
 BaselineOpt = Annotated[Optional[Path], typer.Option("--baseline", help="An earlier verify.json: fail if the ONNX p50 regressed (same machine only).")]
 MaxRegressionOpt = Annotated[float, typer.Option("--max-regression", help="Allowed p50 slow-down vs --baseline, a fraction.")]
+RuntimeOpt = Annotated[Optional[list[RuntimeChoice]], typer.Option("--runtime", help="Also run the ONNX files in this engine, with the same bars, repeatable (onnxruntime always runs them). openvino and opencv need pip install 'edgetl\\[openvino]' / 'edgetl\\[opencv]'.")]
+PredictRuntimeOpt = Annotated[Optional[RuntimeChoice], typer.Option("--runtime", help="Run the ONNX file in this engine (default: onnxruntime).")]
 ThreadsOpt = Annotated[Optional[list[int]], typer.Option("--threads", help="Thread counts to time, repeatable (default: 1 and all cores).")]
 LatencySecondsOpt = Annotated[float, typer.Option("--latency-seconds", help="Time each latency setting at least this long (capped at 3x).")]
 ExportRunArg = Annotated[Path, typer.Argument(help="Run directory, trained (`edgetl train`).")]

@@ -36,12 +36,14 @@ class Written:
     input: dict[str, Any] | None = None  # the file's own tensors, where they are not the manifest's (a fixed
     output: dict[str, Any] | None = None  # batch of 1, int8 io): what a device must feed this file
     delegation: dict[str, Any] | None = None  # the share of the graph a delegate (XNNPACK) runs
+    portable: dict[str, Any] | None = None  # ONNX: the exporter's opset, the portable rewrites, what is left
 
     def entry(self) -> ArtifactEntry:
         return ArtifactEntry(format=self.format, file=self.file, bytes=self.bytes, sha256=self.sha256,
                              precision=self.precision, opset=self.opset, seconds=self.seconds,
                              quantization=self.quantization, runtime=self.runtime, versions=self.versions,
-                             input=self.input, output=self.output, delegation=self.delegation)
+                             input=self.input, output=self.output, delegation=self.delegation,
+                             portable=self.portable)
 
 
 def build_manifest(*, ckpt: CheckpointMeta, checkpoint: str, meta: ExportMeta, report: DeployReport,

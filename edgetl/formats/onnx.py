@@ -10,6 +10,7 @@ rather than a silently different file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +18,15 @@ import numpy as np
 
 from edgetl.errors import EdgetlError, ExportError
 from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature, embedded_meta
+from edgetl.formats.onnx_portable import check_portable, make_portable
 from edgetl.formats.onnx_precision import FP16, INT8
 from edgetl.quiet import quiet
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 MIN_OPSET = 18  # the dynamo exporter's op library starts here; converting lower fails on these graphs
 # onnxruntime's type strings -> the manifest's dtype names
@@ -54,13 +58,20 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, meta: Exp
     if meta.opset is not None and opset != meta.opset:  # it falls back to 18 when it cannot convert
         raise ExportError(f"the exporter cannot write opset {meta.opset} (it produced {opset}) — use an opset from "
                           f"{MIN_OPSET} to {onnx.defs.onnx_opset_version()}, or leave --opset unset")
+    # The exporter's opset-18+ forms that OpenCV DNN 4.5-4.8 and older OpenVINO refuse or compute wrong,
+    # rewritten into forms every engine measured runs right; an explicit --opset is kept as asked.
+    proto, rewrites = make_portable(proto, lower_opset=meta.opset is None)
+    problems = [str(p) for p in check_portable(proto) if p.breaks]
+    for problem in problems:
+        log.warning("model.onnx: %s", problem)
     onnx.checker.check_model(proto, full_check=True)
     bn = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
     assert not bn, f"BatchNormalization left in the ONNX graph after folding: {bn[:3]}"
     # One self-contained file: weights inline, never a side `.onnx.data` (what `torch.onnx.export(f=...)`
     # writes unless external_data=False). Models here are far below protobuf's 2 GB limit.
     onnx.save_model(proto, str(path), save_as_external_data=False)
-    return {"opset": opset}
+    final = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return {"opset": final, "portable": {"exporter_opset": opset, "rewrites": rewrites, "problems": problems}}
 
 
 def load_onnx(path: Path, *, threads: int | None = None) -> Runner:

@@ -74,12 +74,28 @@ def _fixed_batch(path: Path) -> int | None:
 
 def preprocessed(fp32: Path, folder: Path) -> Path:
     """The fp32 graph as quantization wants it: shapes inferred, fusions applied (`quant_pre_process`)."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from edgetl.formats.onnx_portable import raise_opset
+
+    # the portable fp32 file may be at opset 10; the QDQ quantizer writes opset-13 ops into the file's opset
+    model = onnx.load(str(fp32))
+    source = fp32
+    if _opset(model) < QDQ_MIN_OPSET:
+        source = folder / "opset13.onnx"
+        onnx.save_model(raise_opset(model, QDQ_MIN_OPSET), str(source))
     out = folder / "pre.onnx"
     with quiet("onnxruntime"):
-        quant_pre_process(str(fp32), str(out))
+        quant_pre_process(str(source), str(out))
     return out
+
+
+QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def quantize_int8(fp32: Path, out: Path, *, calibration: np.ndarray, method: str = "minmax",

@@ -201,10 +201,15 @@ def load_eager(path: Path, *, threads: int | None = None) -> Runner:
 
 def measure_latency(artifacts: list[ArtifactEntry], *, export_dir: Path, checkpoint: Path, input_hw: tuple[int, int],
                     batches: list[int], threads: list[int], plan: TimingPlan = TimingPlan(),
-                    progress: Callable[[str], None] = lambda stage: None, seed: int = 0) -> list[dict[str, Any]]:
-    """Time the eager checkpoint and every artifact per (batch, threads); each row gets its speed-up vs eager."""
+                    progress: Callable[[str], None] = lambda stage: None, seed: int = 0,
+                    engines: list[tuple[str, ArtifactEntry]] = ()) -> list[dict[str, Any]]:
+    """Time the eager checkpoint and every artifact per (batch, threads), then each (engine, ONNX file) of
+    `engines` (--runtime); each row gets its speed-up vs eager."""
+    from edgetl.formats.engines import load_engine
+
     runtimes = [("eager", checkpoint, load_eager)]
     runtimes += [(a.format, export_dir / a.file, FORMATS[a.format].load) for a in artifacts]
+    runtimes += [(engine, export_dir / a.file, functools.partial(load_engine, engine)) for engine, a in engines]
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for batch in batches:

@@ -19,16 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgetl import __version__, rundir
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import torch_runner
+from edgetl.formats.engines import ENGINES, engine_version, load_engine, require_engine
+from edgetl.formats.onnx_portable import check_portable
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, Manifest, RunDir, VerifyReport
 from edgetl.train.checkpoint import checkpoint_meta, load_model
 from edgetl.verify.decide import go_no_go
 from edgetl.verify.gate import BARS, Bars, Check, Gate
-from edgetl.verify.inputs import gather_inputs
+from edgetl.verify.inputs import Inputs, gather_inputs
 from edgetl.verify.latency import (
     TimingPlan,
     all_threads,
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 MAX_LATENCY_SECONDS = 600.0  # per timed setting: a bar a CI job can wait for
+ONNX_FORMAT = "onnx"  # the format the --runtime engines run: they are ONNX engines
 MAX_BATCH = 1024  # latency of a bigger batch says nothing a device needs, and its input alone takes GBs
 # what the report records the versions of: edgetl's own stack, then every format's writer and runtime
 _VERSIONED = tuple(dict.fromkeys(("edgetl", "torch", "onnx", "onnxruntime", "numpy", "pillow",
@@ -62,6 +67,7 @@ class VerifySettings:
     baseline: Path | None = None
     max_regression: float = 0.10
     threads: tuple[int, ...] | None = None  # None: 1 and all cores
+    runtimes: tuple[str, ...] = ("onnxruntime",)  # the engines the ONNX files must run right in (--runtime)
     timing: TimingPlan = field(default_factory=TimingPlan)
 
     def validate(self) -> None:
@@ -89,6 +95,15 @@ class VerifySettings:
         for bad, message in problems:
             if bad:
                 raise EdgetlError(message)
+        if not self.runtimes:
+            raise EdgetlError(f"--runtime needs an engine; known: {', '.join(ENGINES)}")
+        for name in self.runtimes:
+            require_engine(name)  # unknown, or its optional extra missing: one line with the pip command
+
+    @property
+    def other_engines(self) -> list[str]:
+        """The engines besides onnxruntime (which runs every ONNX file as its format's own runtime)."""
+        return [name for name in dict.fromkeys(self.runtimes) if name != "onnxruntime"]
 
 
 @dataclass
@@ -225,10 +240,44 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         report.parity[name] = figures
         if figures is not None:
             runnable.append(artifact)
+    for artifact in [a for a in runnable if a.format == ONNX_FORMAT]:
+        _check_engines(run, manifest, artifact, settings, gate, report, inputs=inputs, reference=ref_logits,
+                       progress=progress)
     # A manifest whose every file was renamed to a format verify cannot run must not pass on integrity alone.
     gate.check("manifest.json", "values", "artifacts checked for parity", len(runnable), ">=", 1,
                detail=f"no listed file ran in a runtime edgetl knows ({', '.join(FORMATS)})")
     return runnable, checkpoint
+
+
+def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, settings: VerifySettings, gate: Gate,
+                   report: VerifyReport, *, inputs: Inputs, reference: np.ndarray, progress: Progress) -> None:
+    """The ONNX file in every other engine asked for: it loads, and its logits meet the same bars as in
+    onnxruntime (a row `model.onnx (openvino)` each). Run at the engine's default threads: OpenCV 4.8 computes
+    the exporter's ReduceMean wrong only with more than one."""
+    import onnx
+
+    path = run.export_dir / artifact.file
+    proto = onnx.load(str(path), load_external_data=False)
+    for engine in settings.other_engines:
+        version = engine_version(engine)
+        problems = [str(p) for p in check_portable(proto, engine=engine, version=version) if p.breaks]
+        report.engines.setdefault(engine, {"title": ENGINES[engine].title, "version": version, "files": {}})
+        report.engines[engine]["files"][artifact.file] = {"problems": problems}
+        name = engine_row(artifact.file, engine)
+        progress(f"parity {name}")
+        bars = _bars(artifact, settings, gate)
+        try:
+            runner = load_engine(engine, path)
+        except Exception as e:  # noqa: BLE001 — an engine that refuses the file fails this row, with its reason
+            gate.check(name, "load", f"loads in {ENGINES[engine].title} {version}", describe_error(e), "==", "ok")
+            continue
+        report.parity[name] = check_parity(runner, manifest, name, gate, inputs=inputs, reference=reference,
+                                           bars=bars)
+
+
+def engine_row(file: str, engine: str) -> str:
+    """How a file run by another engine is named in the checks, the parity figures and the latency rows."""
+    return f"{file} ({engine})"
 
 
 def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, export_dir: Path,
@@ -307,8 +356,11 @@ def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntr
     batches = [static] if static else sorted({1, settings.batch or 1})
     hw = tuple(d if isinstance(d, int) else crop for d in shape[2:4])
     threads = sorted(set(settings.threads or (1, all_threads())))
+    engines = [(engine, a) for a in artifacts if a.format == ONNX_FORMAT for engine in settings.other_engines
+               if report.parity.get(engine_row(a.file, engine)) is not None]  # only where it ran the file
     report.latency = measure_latency(artifacts, export_dir=run.export_dir, checkpoint=checkpoint, input_hw=hw,
-                                     batches=batches, threads=threads, plan=settings.timing, progress=progress)
+                                     batches=batches, threads=threads, plan=settings.timing, progress=progress,
+                                     engines=engines)
     report.settings.update(batches=batches, threads=threads)
     report.gate = gate_latency(report.latency, gate, max_latency_ms=settings.max_latency_ms)
     if old is not None and report.gate is not None:

@@ -40,7 +40,8 @@ from edgetl.verify.inputs import gather_inputs
 ATOL = 1e-4  # per unit of logit scale (export.FOLD_ATOL): fp32 rounding alone exceeds 1e-4 absolute on b0
 MANIFEST_KEYS = ["schema_version", "edgetl_version", "created", "run", "labels", "preprocessing", "input", "output", "model",
                  "versions", "artifacts"]
-ARTIFACT_KEYS = {"onnx": ["format", "file", "bytes", "sha256", "precision", "opset", "seconds", "runtime", "versions"],
+ARTIFACT_KEYS = {"onnx": ["format", "file", "bytes", "sha256", "precision", "opset", "seconds", "runtime", "versions",
+                          "portable"],
                  "torchscript": ["format", "file", "bytes", "sha256", "precision", "seconds", "runtime", "versions"]}
 
 # Runs in a fresh interpreter: isolated (-I: no PYTHONPATH, no user site, no cwd on the path), and with edgetl,
@@ -159,8 +160,12 @@ def test_export_writes_a_self_contained_onnx_file_and_its_manifest(exports, back
     assert list(manifest["model"]) == ["params", "macs", "bn_folded", "lora_merged", "fold_max_abs_diff"]
     assert manifest["model"]["bn_folded"] > 0 and manifest["model"]["macs"] > 0
     assert list(manifest["versions"]) == ["torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "python"]
+    # 20: the exporter's default; a graph with ReLU6 Clips is lowered to opset 10, the only form OpenCV < 4.7 parses
+    opset = 10 if backbone == "efficientnet_lite0" else 20
     assert [(a["format"], a["file"], a.get("opset")) for a in manifest["artifacts"]] == [
-        ("onnx", "model.onnx", 20), ("torchscript", "model.torchscript.pt", None)]  # 20: the exporter's default
+        ("onnx", "model.onnx", opset), ("torchscript", "model.torchscript.pt", None)]
+    portable = manifest["artifacts"][0]["portable"]
+    assert portable["exporter_opset"] == 20 and portable["problems"] == [] and portable["rewrites"]
     for artifact in manifest["artifacts"]:
         assert list(artifact) == ARTIFACT_KEYS[artifact["format"]]
         path = out / artifact["file"]

@@ -20,7 +20,7 @@ from edgetl.testing import make_run
 
 FAST = ["--latency-seconds", "0.02"]  # the timing loop still runs, briefly: at most 0.06 s per setting
 REPORT_KEYS = ["schema_version", "edgetl_version", "created", "run_dir", "passed", "failures", "warnings", "checks", "bars", "inputs",
-               "reference", "parity", "latency", "gate", "regression", "go_no_go", "settings", "machine", "versions",
+               "reference", "parity", "latency", "gate", "regression", "go_no_go", "engines", "settings", "machine", "versions",
                "manifest_sha256"]
 PARITY_KEYS = ["inputs", "max_abs_diff", "mean_abs_diff", "max_rel_diff", "softmax_max_diff", "top1_agreement",
                "top5_overlap", "top5_k", "accuracy", "reference_accuracy"]
