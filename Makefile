@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
-	# The optional runtimes (ExecuTorch, LiteRT, OpenVINO, OpenCV) second, so CI tests them: against the torch just
-	# installed they resolve at once; resolving everything in one step backtracked through torch versions for minutes.
-	$(PY) -m pip install -q -e '.[test,all]'
+	# The optional runtimes (ExecuTorch, LiteRT, OpenVINO, OpenCV) second, so CI tests them, with their dependency tree
+	# pinned to a known-good set: unpinned, pip backtracked through torch versions for over 10 minutes.
+	$(PY) -m pip install -q -e '.[test,all]' -c .ci/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
