@@ -106,7 +106,26 @@ class LoraSection(_Strict):
     train_norms: bool = True  # norms of trainable groups train too (when the phase's bn policy is "train")
 
 
-ADDED_SECTIONS = ("export",)
+ADDED_SECTIONS = ("export", "head")
+
+
+class HeadSection(_Strict):
+    """The classifier: replaced by Linear -> ReLU -> Dropout per `hidden` width, then the output Linear."""
+
+    hidden: list[int] = Field(default_factory=list, max_length=8)  # widths; [] keeps the backbone's own head
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= w <= 65536 for w in v):
+            raise ValueError("hidden widths must be whole numbers in [1, 65536]")
+        return v
+
+    def spec(self):
+        from edgetl.backbones import MLPHead
+
+        return MLPHead(hidden=tuple(self.hidden), dropout=self.dropout)
 
 
 class ExportSection(_Strict):
@@ -133,6 +152,7 @@ class Recipe(_Strict):
     patience: int = Field(3, ge=0)  # early stopping on val loss within a phase; 0 disables
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0, lt=2**63)  # torch generators take int64
+    head: HeadSection | None = None  # an MLP head (`hidden`, `dropout`); None: the backbone's classifier
     lora: LoraSection | None = None
     export: ExportSection | None = None
     phases: list[Phase] = Field(min_length=1)

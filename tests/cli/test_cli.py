@@ -11,7 +11,7 @@ from edgetl.formats import FORMATS
 from edgetl.recipe import known_recipes
 
 runner = CliRunner()
-PIPELINE_ORDER = ["run", "train", "export", "verify", "predict", "info", "recipes"]
+PIPELINE_ORDER = ["run", "train", "export", "verify", "predict", "info", "recipes", "backbones"]
 
 
 def invoke(*args: str):
@@ -40,6 +40,28 @@ def test_a_bad_format_is_a_usage_error_before_any_work(tmp_path):
     assert result.exit_code == 2, result.output
     assert "'tflite' is not one of" in result.output
     assert "no-such-run" not in result.output  # refused while parsing, before the run directory is looked at
+
+
+def test_backbones_lists_the_short_names_and_explains_the_by_name_forms():
+    from edgetl.backbones import BACKBONES
+
+    result = invoke("backbones")
+    assert result.exit_code == 0, result.output
+    assert re.findall(r"^│ (\w+) +│", result.output, flags=re.MULTILINE) == list(BACKBONES)
+    assert "torchvision:NAME" in result.output and "timm:NAME" in result.output
+
+
+def test_backbones_groups_shows_each_group_of_a_named_model():
+    result = invoke("backbones", "--groups", "timm:convnext_atto")
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"^│ (\w+) +│ +([\d,]+) │", result.output, flags=re.MULTILINE)
+    assert [name for name, _ in rows] == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    import timm
+
+    total = sum(p.numel() for p in timm.create_model("convnext_atto", num_classes=2).parameters())
+    assert sum(int(n.replace(",", "")) for _, n in rows) == total
+    bad = invoke("backbones", "--groups", "timm:convnext_atom")
+    assert bad.exit_code == 2 and "did you mean 'timm:convnext_atto'" in bad.output
 
 
 def test_recipes_lists_every_shipped_recipe():

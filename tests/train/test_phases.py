@@ -116,3 +116,26 @@ def test_frozen_bn_leaves_running_statistics_bit_identical():
     set_train_mode(model, groups, phase_train, backbone=bb.name)
     model(torch.randn(4, 3, 32, 32))
     assert not torch.equal(before["features.0.1.running_mean"], model.state_dict()["features.0.1.running_mean"])
+
+
+def test_a_backbone_that_is_not_sequential_caches_only_its_whole_body():
+    """A ViT's groups cannot run one by one: its head phase caches pooled features, a `last:N` phase with views
+    recomputes the frozen part (no cache at a partial depth), and its frozen groups still take no gradient."""
+    from edgetl.backbones import create_model
+    from edgetl.train.phases import cacheable, configure_phase, prefix_caches
+
+    bb = get_backbone("timm:vit_tiny_patch16_224")
+    model = create_model(bb, num_classes=3, image_size=32)
+    groups = bb.groups(model)
+    body = len(groups) - 1
+    head, top = Phase(name="head", epochs=1, views=2), Phase(name="top", epochs=1, train="last:1", views=3)
+    assert cacheable(head, body=body, sequential=False) and not cacheable(top, body=body, sequential=False)
+    assert cacheable(top, body=body, sequential=True)
+    caches = prefix_caches([head, top], body=body, seed=0, sequential=bb.sequential)
+    assert list(caches) == [2] and caches[2].depth == body
+    configure_phase(model, groups, top, backbone=bb.name, weight_decay=0.01)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    trained = {id(p) for g in groups[-2:] for p in g.parameters()}
+    for p in model.parameters():
+        assert (p.grad is not None) == (id(p) in trained)
