@@ -65,6 +65,20 @@ def test_time_runner_stops_at_max_seconds_before_min_iterations():
     assert t.file is None and t.file_bytes is None
 
 
+def test_a_runner_whose_first_calls_pay_set_up_is_timed_once_it_is_warm():
+    """One-time set-up in the first calls (0.3 s, 0.12 s, then 2 ms) must not be what p50 measures, even when the
+    first call alone takes longer than the warm-up's share of `seconds`."""
+    costs = iter([0.3, 0.12, 0.05])
+
+    def runner(x):
+        time.sleep(next(costs, 0.002))
+
+    plan = TimingPlan(seconds=0.2, min_iterations=10, max_seconds=2.0, warmup=1)
+    t = time_runner(lambda: runner, runtime="eager", x=np.zeros((1, 3, 8, 8), np.float32), threads=1, plan=plan)
+    assert t.warmup >= 4 and t.first_call_ms >= 300
+    assert t.p90_ms < 10 and t.mean_ms < 10, t  # no set-up call among the timed ones
+
+
 def row(runtime: str, batch: int, threads: int, p50: float) -> dict:
     file = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "eager": "best.pt"}[runtime]
     return {"runtime": runtime, "file": file, "batch": batch, "threads": threads, "p50_ms": p50}
