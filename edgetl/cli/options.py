@@ -73,7 +73,7 @@ VerifyRunArg = Annotated[Path, typer.Argument(help="Run directory, exported (`ed
 VerifyDataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Images to check with: a folder of images or class folders (or with val/ inside), or `sample`. Default: the run's validation split.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-n", help="Real images to check parity on (random tensors are added).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Where to write the report (default: RUN/verify.json).")]
-AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="Bar on the max abs logit difference (default per precision: 1e-4 for fp32).")]
+AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="Bar on the max abs logit difference, times the largest |logit| when it exceeds 1 (default per precision: 1e-4 for fp32).")]
 MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="Bar on top-1 agreement, a fraction (default per precision: 1.0 for fp32).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Also time this batch size (batch 1 is always timed).")]
 MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Bar on the ONNX p50 latency, batch 1, all threads.")]

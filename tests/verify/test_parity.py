@@ -145,3 +145,12 @@ def test_a_runtime_error_and_wrong_logits_are_failures_in_the_gate(inputs):
     np.testing.assert_allclose(figures["max_abs_diff"], 0.01 * np.abs(reference).max(), rtol=1e-3)
     assert [c.measure for c in gate.failures] == ["max abs diff"]
     assert figures["top1_agreement"] == 1.0  # a positive scale keeps every top-1
+
+    # Rounding-sized differences on large logits pass: the bar scales with the largest |logit|
+    gate = Gate()
+    large = linear(inputs.x) * np.float32(1000)
+    rounded = Runner(run=lambda x: (linear(x) * np.float32(1000)) * np.float32(1 + 2e-7))
+    figures = check_parity(rounded, manifest(), "model.torchscript.pt", gate, inputs=inputs, reference=large,
+                           bars=BARS["fp32"])
+    assert figures["max_abs_diff"] > 1e-4 and not gate.failures
+    assert figures["atol_bar"] == pytest.approx(1e-4 * np.abs(large).max())

@@ -141,7 +141,10 @@ def test_a_wrong_onnx_fails_parity_with_the_default_bar(run, images):
     report = read_json(run / "verify.json")
     diff = report["parity"]["model.onnx"]["max_abs_diff"]
     assert diff > 1e-3  # logits of a few units move by hundredths; a positive scale keeps every top-1
-    assert report["failures"] == [f"model.onnx: max abs diff {diff:.3g} fails the bar ≤ 0.0001"]
+    bar = report["parity"]["model.onnx"]["atol_bar"]
+    assert 1e-4 < bar < diff  # 1e-4 times the largest |logit| of the checkpoint (a few units)
+    assert report["failures"] == [f"model.onnx: max abs diff {diff:.3g} fails the bar ≤ {bar:.3g} — 0.0001 × the "
+                                  f"largest |logit| {bar / 1e-4:.3g}"]
     assert report["parity"]["model.torchscript.pt"]["max_abs_diff"] <= 1e-4  # the other artifact still passes
 
 
