@@ -23,11 +23,19 @@ from edgetl.train.state import Best, TrainState
 
 
 @torch.no_grad()
-def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 32) -> nn.Module:
+def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 32,
+                         images: torch.Tensor | None = None) -> nn.Module:
     """Give BatchNorm non-trivial affine terms and statistics that fit its inputs, and the classifier
     real-magnitude outputs, so folding and parity checks mean something (a fresh model has unit BN statistics,
-    collapsed activations and near-zero logits)."""
+    collapsed activations and near-zero logits). `images` (preprocessed photos, [N, 3, S, S]) calibrate instead
+    of noise: a deep random net calibrated on noise can give photos logits of 1e11 (EfficientNet-B4 here)."""
     g = torch.Generator().manual_seed(seed)
+
+    def batch() -> torch.Tensor:
+        if images is None:
+            return torch.randn(8, 3, image_size, image_size, generator=g)
+        return images[torch.randperm(len(images), generator=g)[:8]]
+
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
@@ -36,12 +44,12 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
     for _ in range(3):
-        model(torch.randn(8, 3, image_size, image_size, generator=g))
+        model(batch())
     for m in norms:
         m.momentum = 0.1
     model.eval()
     last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    logits = model(torch.randn(8, 3, image_size, image_size, generator=g))
+    logits = model(batch())
     last_linear.weight.mul_(4.0 / logits.std().clamp_min(1e-6))
     if last_linear.bias is not None:
         last_linear.bias.zero_()
@@ -50,19 +58,20 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
 
 def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: int = 3, image_size: int = 32,
              seed: int = 0, lora: dict | None = None, calibrate_size: int | None = None,
-             data: Path | None = None, head: dict | None = None) -> Path:
+             data: Path | None = None, head: dict | None = None, calibration: torch.Tensor | None = None) -> Path:
     """A run directory as `edgetl train` writes it (best.pt/last.pt, labels, preprocessing, resolved recipe),
     without training: LoRA adapters with non-zero B when `lora` is a recipe [lora] section; BatchNorm
     calibrated at `calibrate_size` px (default: image_size; smaller is cheaper). With `data` (a folder of
     `train/` and `val/` class folders named class_0, class_1, ...), split.json lists its images, so INT8 has
-    train images to calibrate on and verify labelled val images."""
+    train images to calibrate on and verify labelled val images. `calibration`: preprocessed photos to calibrate
+    BatchNorm and scale the head on, instead of noise (`randomize_for_parity`)."""
     bb = get_backbone(backbone)
     torch.manual_seed(seed)
     recipe = parse_recipe({"backbone": backbone, "weights": "none", "image_size": image_size, "lora": lora,
                            "head": head, "phases": [{"name": "head", "epochs": 1}]})
     model = create_model(bb, num_classes=num_classes, image_size=image_size,
                          head=recipe.head.spec() if recipe.head else None)
-    model = randomize_for_parity(model, seed=seed, image_size=calibrate_size or image_size)
+    model = randomize_for_parity(model, seed=seed, image_size=calibrate_size or image_size, images=calibration)
     lora_config = None
     if recipe.lora is not None:
         from edgetl.train.lora import inject_lora, lora_parameters
