@@ -61,6 +61,24 @@ class RichTrainCallbacks:
                                              f"loss {record['val_loss']:.3f} · {record['images_per_s']:.0f} img/s")
 
 
+def show_per_class(summary: TrainSummary) -> None:
+    """best.pt per class on the val split (a table up to MAX_TABLE_CLASSES), then its most confidently wrong images."""
+    figures = summary.per_class
+    if figures is None:
+        return
+    confusion = tables.shown(RunDir(Path(summary.run_dir)).confusion)
+    if len(figures.labels) <= tables.MAX_TABLE_CLASSES:
+        console.print(tables.per_class_table(figures, title="best.pt per class on the val split", caption=confusion))
+    else:
+        worst = sorted((c for c in figures.classes if c.recall is not None), key=lambda c: c.recall)[:3]
+        console.print(f"per class: {len(figures.labels)} classes in {confusion} and train.json; lowest recall: "
+                      + ", ".join(f"{tables.shown(c.label)} {100 * c.recall:.0f} %" for c in worst), highlight=False)
+    if summary.confidently_wrong:
+        console.print(f"most confidently wrong val images ({len(summary.confidently_wrong)} in train.json):", highlight=False)
+        for line in tables.wrong_lines(summary.confidently_wrong):
+            console.print(line, highlight=False)
+
+
 def show_verify(report: Any) -> None:
     console.print(tables.parity_table(report))
     if report.latency:
@@ -79,6 +97,7 @@ class RichHooks(Hooks):
 
     def trained(self, summary: TrainSummary) -> None:
         console.print(tables.train_table(summary))
+        show_per_class(summary)
         if summary.skipped:
             err_console.print(f"[yellow]{len(summary.skipped)} unreadable file(s) skipped; see "
                               f"{tables.shown(RunDir(Path(summary.run_dir)).data)}")
