@@ -70,6 +70,15 @@ def confidently_wrong(targets: Sequence[int], predicted: Sequence[int], confiden
                        confidence=round(float(confidence[i]), 6)) for i in wrong[:limit]]
 
 
+def same_figures(figures: dict[str, PerClass]) -> list[tuple[list[str], PerClass]]:
+    """The names whose confusion matrices are identical, grouped in order (an fp32 export predicts what its
+    checkpoint predicts: one panel and one table for all of them, not one each)."""
+    groups: dict[str, list[str]] = {}
+    for name, f in figures.items():
+        groups.setdefault(repr(f.confusion), []).append(name)
+    return [(names, figures[names[0]]) for names in groups.values()]
+
+
 def plot_confusion(panels: Sequence[tuple[str, PerClass]], path: Path) -> None:
     """One panel per (title, figures): the matrix normalized per true class (recall on the diagonal) with its
     counts; beyond MAX_MATRIX_CLASSES classes, a bar chart of the most confused pairs instead."""

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgetl.cli import tables
+from edgetl.confusion import same_figures
 from edgetl.pipeline import Hooks
 from edgetl.rundir import RunDir, TrainSummary
 
@@ -79,8 +80,24 @@ def show_per_class(summary: TrainSummary) -> None:
             console.print(line, highlight=False)
 
 
+def show_verify_per_class(report: Any) -> None:
+    """Per class on the labelled verify images: one table per distinct confusion matrix (up to MAX_TABLE_CLASSES)."""
+    groups = same_figures(report.per_class)
+    if not groups:
+        return
+    png = tables.shown(RunDir(Path(report.run_dir)).verify_confusion)
+    labels = groups[0][1].labels
+    if len(labels) > tables.MAX_TABLE_CLASSES:
+        console.print(f"per class on the verify images: {len(labels)} classes in {png} and verify.json", highlight=False)
+        return
+    for names, figures in groups:  # the files that predict alike share a table
+        console.print(tables.per_class_table(figures, title="per class on the verify images",
+                                             caption=f"{tables.shown(' = '.join(names))} · {png}"))
+
+
 def show_verify(report: Any) -> None:
     console.print(tables.parity_table(report))
+    show_verify_per_class(report)
     if report.latency:
         console.print(tables.latency_table(report))
     if report.go_no_go:

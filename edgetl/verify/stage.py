@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import __version__, rundir
+from edgetl.confusion import per_class, plot_confusion, same_figures
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
@@ -147,6 +148,7 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     report.passed = not gate.failures
     report.failures = [c.message() for c in gate.failures]
     report.checks = [dataclasses.asdict(c) for c in gate.checks]
+    _plot_per_class(run, report)
     json_path = Path(json_path) if json_path is not None else run.verify_json
     rundir.write(json_path, report)
     result = VerifyResult(run_dir=run.root, json_path=json_path, report=report, checks=gate.checks)
@@ -224,6 +226,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     ref_logits = run_batched(reference, inputs.x, batch=PARITY_BATCH)
     report.inputs = inputs.info
     report.reference = {"file": name, "accuracy": accuracy(ref_logits, inputs.targets)}
+    logits = {name: ref_logits}
     runnable = []
     for artifact in artifacts:
         name = artifact.file
@@ -236,13 +239,18 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         except Exception as e:  # noqa: BLE001 — a file its runtime refuses fails this artifact, not the whole run
             gate.check(name, "load", f"loads in its runtime ({artifact.format})", describe_error(e), "==", "ok")
             continue
-        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=ref_logits, bars=bars)
+        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=ref_logits, bars=bars,
+                               keep_logits=logits)
         report.parity[name] = figures
         if figures is not None:
             runnable.append(artifact)
     for artifact in [a for a in runnable if a.format == ONNX_FORMAT]:
         _check_engines(run, manifest, artifact, settings, gate, report, inputs=inputs, reference=ref_logits,
-                       progress=progress)
+                       progress=progress, keep_logits=logits)
+    for name, out in logits.items():  # per class on the labelled verify images: the checkpoint, then each file
+        figures = per_class(inputs.targets, out.argmax(axis=1), labels=manifest.labels)
+        if figures is not None:
+            report.per_class[name] = figures
     # A manifest whose every file was renamed to a format verify cannot run must not pass on integrity alone.
     gate.check("manifest.json", "values", "artifacts checked for parity", len(runnable), ">=", 1,
                detail=f"no listed file ran in a runtime edgetl knows ({', '.join(FORMATS)})")
@@ -250,7 +258,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
 
 
 def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, settings: VerifySettings, gate: Gate,
-                   report: VerifyReport, *, inputs: Inputs, reference: np.ndarray, progress: Progress) -> None:
+                   report: VerifyReport, *, inputs: Inputs, reference: np.ndarray, progress: Progress,
+                   keep_logits: dict[str, np.ndarray] | None = None) -> None:
     """The ONNX file in every other engine asked for: it loads, and its logits meet the same bars as in
     onnxruntime (a row `model.onnx (openvino)` each). Run at the engine's default threads: OpenCV 4.8 computes
     the exporter's ReduceMean wrong only with more than one."""
@@ -272,7 +281,17 @@ def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, set
             gate.check(name, "load", f"loads in {ENGINES[engine].title} {version}", describe_error(e), "==", "ok")
             continue
         report.parity[name] = check_parity(runner, manifest, name, gate, inputs=inputs, reference=reference,
-                                           bars=bars)
+                                           bars=bars, keep_logits=keep_logits)
+
+
+def _plot_per_class(run: RunDir, report: VerifyReport) -> None:
+    """RUN/verify-confusion.png: a panel per distinct confusion matrix, titled with the files that have it. Without
+    labelled images there is none, and an earlier one (of other images) is removed, never left to mislead."""
+    if not report.per_class:
+        run.verify_confusion.unlink(missing_ok=True)
+        return
+    plot_confusion([(" = ".join(names), figures) for names, figures in same_figures(report.per_class)],
+                   run.verify_confusion)
 
 
 def engine_row(file: str, engine: str) -> str:
