@@ -242,6 +242,14 @@ class ArtifactEntry(_Schema):
         return data
 
 
+class FileEntry(_Schema):
+    """A file of the export that is not a model (the model card): name, size and sha256."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
 class Manifest(_Versioned):
     """export/manifest.json: what a device needs (labels, preprocessing, tensors) and what was written."""
 
@@ -255,6 +263,19 @@ class Manifest(_Versioned):
     model: ModelFacts
     versions: dict[str, str | None] = {}
     artifacts: list[ArtifactEntry]
+    card: FileEntry | None = None  # MODEL_CARD.md (edgetl.card); exports before 0.2 have none
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("card") is None:
+            data.pop("card", None)
+        return data
+
+    @property
+    def listed(self) -> list[ArtifactEntry | FileEntry]:
+        """Every file the manifest vouches for: the models, then the card."""
+        return [*self.artifacts, *([self.card] if self.card else [])]
 
     def artifact(self, file: str) -> ArtifactEntry:
         return next(a for a in self.artifacts if a.file == file)

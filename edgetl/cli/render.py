@@ -126,6 +126,9 @@ class RichHooks(Hooks):
 
     def exported(self, result: Any) -> None:
         console.print(tables.export_table(result))
+        if result.manifest.card is not None:
+            console.print(f"model card: {tables.shown(Path(result.out_dir) / result.manifest.card.file)} (completed by "
+                          f"edgetl verify)", highlight=False)
 
     @contextlib.contextmanager
     def verifying(self) -> Iterator[Callable[[str], None]]:

@@ -239,6 +239,8 @@ def info_tables(info: Any) -> list[Table]:
     if info.manifest:
         for a in info.manifest.artifacts:
             head.add_row(a.format, f"export/{a.file} · {_size(a.bytes)} · sha256 {a.sha256[:12]}…")
+        if info.manifest.card is not None:
+            head.add_row("model card", f"export/{shown(info.manifest.card.file)}")
     else:
         head.add_row("export", "not exported")
     verify = info.verify

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -359,8 +360,9 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
         phases=summarize_phases(recipe, metrics), weights=prep.weights, skipped=list(data.skipped),
         trainable=trainable_counts, wall_seconds=round(time.perf_counter() - started, 2),
         world_size=distributed.world_size(), backend=distributed.backend(), per_class=figures,
-        confidently_wrong=confidently_wrong(targets, best.predicted, best.confidence, paths=data.val.paths,
-                                            labels=data.classes) if figures else [],
+        confidently_wrong=confidently_wrong(targets, best.predicted, best.confidence, labels=data.classes,
+                                            paths=[os.path.abspath(p) if os.path.isfile(p) else p  # openable anywhere
+                                                   for p in data.val.paths]) if figures else [],
     )
     if main:
         if figures is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import __version__, rundir
+from edgetl.card import render_card, write_card
 from edgetl.confusion import per_class, plot_confusion, same_figures
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
@@ -150,6 +151,8 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     report.checks = [dataclasses.asdict(c) for c in gate.checks]
     _plot_per_class(run, report)
     json_path = Path(json_path) if json_path is not None else run.verify_json
+    if json_path.resolve() == run.verify_json.resolve():
+        _complete_card(run, manifest, report, gate)
     rundir.write(json_path, report)
     result = VerifyResult(run_dir=run.root, json_path=json_path, report=report, checks=gate.checks)
     if not result.passed:
@@ -182,7 +185,7 @@ def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
     """Every listed file is there with the manifest's byte size and sha256: nothing truncated or altered."""
     if not manifest.artifacts:
         gate.check("manifest.json", "integrity", "artifacts listed", 0, ">=", 1)
-    for artifact in manifest.artifacts:
+    for artifact in manifest.listed:  # the models, then the model card
         name, path = artifact.file, export_dir / artifact.file
         inside = path.resolve().is_relative_to(export_dir.resolve())
         if not gate.check(name, "integrity", "path", "inside export/" if inside else "outside export/", "==",
@@ -282,6 +285,18 @@ def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, set
             continue
         report.parity[name] = check_parity(runner, manifest, name, gate, inputs=inputs, reference=reference,
                                            bars=bars, keep_logits=keep_logits)
+
+
+def _complete_card(run: RunDir, manifest: Manifest, report: VerifyReport, gate: Gate) -> None:
+    """Fill in the model card's verification section from this report, and re-hash it in the manifest (through
+    the manifest's own writer), so the next verify's integrity check holds. Only the run's own report completes
+    it (a --json copy elsewhere does not), only a card the manifest lists, and only when every listed file was
+    the one exported: a card or model that changed after export fails integrity and is left as it is."""
+    if manifest.card is None or any(c.kind == "integrity" for c in gate.failures):
+        return
+    entry = write_card(run.export_dir / manifest.card.file, render_card(run, manifest, report=report))
+    rundir.write(run.manifest, manifest.model_copy(update={"card": entry}))
+    report.manifest_sha256 = sha256_file(run.manifest)  # the manifest as verify leaves it
 
 
 def _plot_per_class(run: RunDir, report: VerifyReport) -> None:

@@ -68,9 +68,10 @@ def test_verify_passes_on_a_fresh_export(verified):
     assert "verify passed" in result.output
     report = read_json(run / "verify.json")
     assert report["passed"] is True and report["failures"] == []
-    # manifest.json: its meaning (labels, preprocessing, shapes) against the checkpoint, and that parity ran
+    # manifest.json: its meaning (labels, preprocessing, shapes) against the checkpoint, and that parity ran;
+    # MODEL_CARD.md: its integrity, like every file the manifest lists
     assert {c["artifact"] for c in report["checks"]} == {"model.onnx", "model.torchscript.pt", "checkpoints/best.pt",
-                                                        "manifest.json"}
+                                                        "manifest.json", "MODEL_CARD.md"}
     assert report["inputs"]["images"] == 9 and report["inputs"]["labelled"] == 9 and report["inputs"]["random"] == 4
     assert report["parity"]["model.onnx"]["top1_agreement"] == 1.0
 
