@@ -15,11 +15,19 @@ from edgetl.train.sample import SHAPES
 runner = CliRunner()
 
 
-def test_train_writes_the_run_directory(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """`edgetl train` on the tiny recipe through the CLI: (run, result)."""
     data, recipe = tiny
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(run), "--device", "cpu"])
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(run), "--device", "cpu"],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    return run, result
+
+
+def test_train_writes_the_run_directory(trained):
+    run, result = trained
     for name in ("recipe.resolved.toml", "labels.json", "preprocessing.json", "split.json", "metrics.jsonl",
                  "curves.png", "train.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
@@ -41,14 +49,10 @@ def test_train_writes_the_run_directory(tiny, tmp_path):
     assert "edgetl train" in result.output and "best.pt" in result.output
 
 
-def test_train_reports_best_pt_per_class_on_the_val_split(tiny, tmp_path):
+def test_train_reports_best_pt_per_class_on_the_val_split(trained, tiny):
     """train.json holds the confusion matrix of best.pt's val predictions: its rows are the val counts per class,
     its diagonal is best_val_acc; confusion.png shows it, the terminal a table, the wrong images by path."""
-    data, recipe = tiny
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(run), "--device", "cpu"],
-                           env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
+    (run, result), (data, _) = trained, tiny
     summary = json.loads((run / "train.json").read_text())
     split = json.loads((run / "split.json").read_text())
     figures = summary["per_class"]
