@@ -6,7 +6,7 @@
 missing or older than the previous stage's (train.json, export/manifest.json, verify.json), and training
 continues from last.pt when it was cut. `compare_scratch` trains the same resolved recipe from random weights
 into RUN/scratch. The caller renders progress and results through `Hooks` (the CLI's rich bars and tables;
-nothing in a notebook), so the CLI and a Python API share this one code path.
+nothing in a notebook), so the CLI and the Python API (edgetl/api.py) share this one code path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,18 @@ def check_json_target(json_path: Path | None, run_dir: Path) -> None:
         except RunDirError:
             raise RunDirError(f"--json {path} exists and is not a verify report; edgetl replaces only its own "
                               f"reports — pass a new file") from None
+
+
+def verify_settings(*, latency_seconds: float = 1.0, threads: Sequence[int] | None = None,
+                    runtimes: Sequence[str] | None = None, **flags: Any) -> Any:
+    """edgetl.verify.VerifySettings from `edgetl verify`'s flags: each latency setting is timed for at least
+    `latency_seconds` and at most three times that; onnxruntime always runs the ONNX files."""
+    from edgetl.verify import VerifySettings
+    from edgetl.verify.latency import TimingPlan
+
+    return VerifySettings(**flags, threads=tuple(threads) if threads else None,
+                          runtimes=tuple(runtimes) if runtimes else ("onnxruntime",),
+                          timing=TimingPlan(seconds=latency_seconds, max_seconds=3 * latency_seconds))
 
 
 def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None = None,

@@ -167,10 +167,10 @@ def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: in
     return PredictResult(rows)
 
 
-def predict(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
-            threads: int | None = None) -> list[Prediction]:
+def predict(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5, threads: int | None = None,
+            precision: str | None = None, fmt: str | None = None, engine: str | None = None) -> list[Prediction]:
     """Every image's prediction, in order; an image that cannot be used is a DataError naming it."""
-    result = predict_images(path, images, top_k=top_k, threads=threads)
+    result = predict_images(path, images, top_k=top_k, threads=threads, precision=precision, fmt=fmt, engine=engine)
     if result.failures:
         bad = result.failures[0]
         raise DataError(f"cannot read image {bad.image}: {bad.error}")

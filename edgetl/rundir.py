@@ -46,10 +46,13 @@ class RunDir:
     data = property(lambda self: self.root / "data.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     curves = property(lambda self: self.root / "curves.png")
+    confusion = property(lambda self: self.root / "confusion.png")  # train: the val split, best.pt
+    verify_confusion = property(lambda self: self.root / "verify-confusion.png")  # verify: each exported file
     train_json = property(lambda self: self.root / "train.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     export_dir = property(lambda self: self.root / "export")
     manifest = property(lambda self: self.root / "export" / "manifest.json")
+    card = property(lambda self: self.root / "export" / "MODEL_CARD.md")
     verify_json = property(lambda self: self.root / "verify.json")
 
     def checkpoint(self, name: str) -> Path:
@@ -115,6 +118,46 @@ class PhaseSummary(_Schema):
         return None if self.val_acc_gain is None else 100 * self.val_acc_gain / max(self.seconds / 60, 1e-9)
 
 
+class ClassFigures(_Schema):
+    """One class's figures on labelled images (edgetl.confusion)."""
+
+    label: str
+    support: int  # labelled images of this class
+    predicted: int  # images predicted as this class
+    precision: float | None  # None: never predicted
+    recall: float | None  # None: no image of it
+    f1: float | None
+
+
+class Confused(_Schema):
+    """Images of class `label` predicted as `predicted`."""
+
+    label: str
+    predicted: str
+    count: int
+
+
+class PerClass(_Schema):
+    """Per-class results on labelled images: `confusion[i][j]` counts images of labels[i] predicted as labels[j]."""
+
+    images: int
+    accuracy: float
+    macro_f1: float | None = None  # the mean F1 over classes that have one
+    labels: list[str]
+    confusion: list[list[int]]
+    classes: list[ClassFigures]
+    most_confused: list[Confused] = []  # off-diagonal pairs, most images first
+
+
+class WrongImage(_Schema):
+    """A val image the best checkpoint got wrong, and how sure it was."""
+
+    path: str
+    label: str
+    predicted: str
+    confidence: float  # the predicted class's softmax probability
+
+
 class TrainSummary(_Versioned):
     """train.json: written last by `edgetl train`."""
 
@@ -132,6 +175,9 @@ class TrainSummary(_Versioned):
     wall_seconds: float = 0.0  # the whole process, decoding and model building included
     world_size: int = 1  # processes that trained it (torchrun)
     backend: str | None = None  # their torch.distributed backend: gloo (CPU) or nccl (GPU)
+    # best.pt on the val split, per class; files from before 0.2 (or a run resumed from one) have none
+    per_class: PerClass | None = None
+    confidently_wrong: list[WrongImage] = []  # the most confidently wrong val images, most confident first
 
 
 class TensorSpec(_Schema):
@@ -204,6 +250,14 @@ class ArtifactEntry(_Schema):
         return data
 
 
+class FileEntry(_Schema):
+    """A file of the export that is not a model (the model card): name, size and sha256."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
 class Manifest(_Versioned):
     """export/manifest.json: what a device needs (labels, preprocessing, tensors) and what was written."""
 
@@ -217,6 +271,19 @@ class Manifest(_Versioned):
     model: ModelFacts
     versions: dict[str, str | None] = {}
     artifacts: list[ArtifactEntry]
+    card: FileEntry | None = None  # MODEL_CARD.md (edgetl.card); exports before 0.2 have none
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("card") is None:
+            data.pop("card", None)
+        return data
+
+    @property
+    def listed(self) -> list[ArtifactEntry | FileEntry]:
+        """Every file the manifest vouches for: the models, then the card."""
+        return [*self.artifacts, *([self.card] if self.card else [])]
 
     def artifact(self, file: str) -> ArtifactEntry:
         return next(a for a in self.artifacts if a.file == file)
@@ -254,6 +321,8 @@ class VerifyReport(_Versioned):
     inputs: dict[str, Any] | None = None
     reference: dict[str, Any] | None = None
     parity: dict[str, dict[str, Any] | None] = {}  # file -> edgetl.verify.parity.compare_logits figures
+    # file (and the checkpoint) -> its per-class results on the labelled verify images; none without labels
+    per_class: dict[str, PerClass] = {}
     latency: list[dict[str, Any]] = []  # edgetl.verify.latency.Timing rows
     gate: dict[str, Any] | None = None  # a LatencyGate, kept as the dict the latency code passes around
     regression: dict[str, Any] | None = None

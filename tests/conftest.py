@@ -84,6 +84,21 @@ def straight(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def finished_run(tiny, tmp_path_factory):
+    """`edgetl run` on the tiny recipe through the CLI, verified quickly: (run, output). Copy it to change it."""
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    data, recipe = tiny
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    result = CliRunner().invoke(app, ["run", "--recipe", str(recipe), "--data", str(data), "--out", str(run),
+                                      "--latency-seconds", "0.05", "--samples", "8"])
+    assert result.exit_code == 0, result.output
+    return run, result.output
+
+
+@pytest.fixture(scope="session")
 def exported_both(tmp_path_factory):
     """A fake run exported as ONNX and TorchScript (what verify and predict read), shared by the test modules."""
     from edgetl.export import export_run

@@ -21,15 +21,6 @@ runner = CliRunner()
 FAST_VERIFY = ["--latency-seconds", "0.05", "--samples", "8"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tiny, tmp_path_factory):
-    data, recipe = tiny
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    result = runner.invoke(app, ["run", "--recipe", str(recipe), "--data", str(data), "--out", str(run), *FAST_VERIFY])
-    assert result.exit_code == 0, result.output
-    return run, result.output
-
-
 def test_run_chains_train_export_verify(finished_run):
     run, output = finished_run
     for name in ("recipe.resolved.toml", "labels.json", "metrics.jsonl", "curves.png", "train.json", "checkpoints/best.pt",

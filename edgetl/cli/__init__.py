@@ -1,6 +1,10 @@
-"""The `edgetl` command line: parse flags, call one pipeline function, render its result. No logic here.
+"""The `edgetl` command line: parse flags, call one Python API function, render its result. No logic here.
 
     edgetl train --recipe quickstart --data sample
+    edgetl --install-completion     # tab completion of commands, flags and choices in your shell
+
+Each command calls what a script would (edgetl/api.py: `edgetl.train`, `Run.export`, `Run.verify`, `Run.predict`;
+`run` the pipeline they share), with the rich bars and tables as its progress hooks.
 
     options.py  the shared option types and the choices built from the registries
     render.py   progress bars and the pipeline's hooks
@@ -19,6 +23,8 @@ import typer
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from edgetl import api
+from edgetl.api import Run
 from edgetl.cli.options import (
     AtolOpt,
     BaselineOpt,
@@ -67,9 +73,9 @@ from edgetl.cli.options import (
 )
 from edgetl.cli.render import RichHooks, console, err_console, show_verify
 from edgetl.errors import EdgetlError, describe_error, printable
-from edgetl.pipeline import ExportRequest, TrainRequest
+from edgetl.pipeline import ExportRequest, TrainRequest, verify_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune a pretrained image classifier, fold and export it, verify it for the edge.")
 
 
@@ -122,15 +128,6 @@ def _train_request(*, recipe: str, device: Device, epochs_scale: float | None, *
     return TrainRequest(recipe=recipe, overrides=overrides, epochs_scale=epochs_scale, device=device.value)
 
 
-def _verify_settings(*, latency_seconds: float, threads: list[int] | None = None,
-                     runtimes: tuple[str, ...] | None = None, **flags):
-    from edgetl.verify import VerifySettings
-    from edgetl.verify.latency import TimingPlan
-
-    return VerifySettings(**flags, threads=tuple(threads) if threads else None, runtimes=runtimes or ("onnxruntime",),
-                          timing=TimingPlan(seconds=latency_seconds, max_seconds=3 * latency_seconds))
-
-
 def _values(choices: list | None) -> tuple[str, ...] | None:
     return tuple(c.value for c in choices) if choices else None
 
@@ -153,12 +150,10 @@ def train(
     lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, resume: ResumeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune a pretrained backbone with the progressive recipe; writes a run directory."""
-    from edgetl.pipeline import train_stage
-
     _setup_logging(verbose)
-    request = _train_request(recipe=recipe, device=device, epochs_scale=epochs_scale, data=data, subset=subset,
-                             weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha)
-    train_stage(request, out=out, resume=resume, hooks=RichHooks())
+    api.train(recipe, data=data, out=out, device=device.value, epochs_scale=epochs_scale, resume=resume,
+              progress=RichHooks(), subset=subset, weights=weights, seed=seed, lora_rank=lora_rank,
+              lora_alpha=lora_alpha)
 
 
 @command
@@ -191,13 +186,11 @@ def verify(
     latency_seconds: LatencySecondsOpt = 1.0, runtime: RuntimeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Check an export before it ships: integrity, parity with the checkpoint, latency. Exit 1 if a bar fails."""
-    from edgetl.pipeline import verify_stage
-
     _setup_logging(verbose)
-    settings = _verify_settings(data=data, samples=samples, atol=atol, min_top1=min_top1, batch=batch,
-                                max_latency_ms=max_latency_ms, baseline=baseline, max_regression=max_regression,
-                                threads=threads, latency_seconds=latency_seconds, runtimes=_values(runtime))
-    _shown_on_failure(lambda: verify_stage(run_dir, settings, json_path=json_path, hooks=RichHooks()))
+    _shown_on_failure(lambda: Run(run_dir).verify(
+        data, samples=samples, atol=atol, min_top1=min_top1, batch=batch, max_latency_ms=max_latency_ms,
+        baseline=baseline, max_regression=max_regression, threads=threads, latency_seconds=latency_seconds,
+        runtimes=_values(runtime), json_path=json_path, check=True, progress=RichHooks()))
 
 
 @command
@@ -206,13 +199,10 @@ def export(
     checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, precision: PrecisionOpt = None,
     calibration: CalibrationOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Fold BatchNorm (and LoRA), write ONNX and TorchScript (ExecuTorch, LiteRT; fp16 / INT8) and a manifest into RUN/export."""
-    from edgetl.pipeline import export_stage
-
+    """Fold BatchNorm (and LoRA), write ONNX and TorchScript (ExecuTorch, LiteRT; fp16 / INT8), a model card and a manifest into RUN/export."""
     _setup_logging(verbose)
-    request = ExportRequest(formats=_values(format), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out,
-                            precisions=_values(precision), calibration=calibration.value if calibration else None)
-    export_stage(run_dir, request, hooks=RichHooks())
+    Run(run_dir).export(_values(format), _values(precision), opset=opset, batch=batch, checkpoint=checkpoint.value,
+                        out=out, calibration=calibration.value if calibration else None, progress=RichHooks())
 
 
 @command
@@ -232,8 +222,8 @@ def run(
     _setup_logging(verbose)
     request = _train_request(recipe=recipe, device=device, epochs_scale=epochs_scale, data=data, subset=subset,
                              weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha)
-    settings = _verify_settings(samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
-                                latency_seconds=latency_seconds)
+    settings = verify_settings(samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
+                               latency_seconds=latency_seconds)
     outcome = _shown_on_failure(lambda: run_pipeline(
         request, out=out, resume=resume,
         export=ExportRequest(formats=_values(format), opset=opset, batch=batch, precisions=_values(precision),
@@ -253,17 +243,19 @@ def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_
     --json: a list in the order given, per image its prediction, or {"image": ..., "error": reason} if unusable.
     """
     from edgetl.cli.tables import predict_table
-    from edgetl.predict import predict_images
+    from edgetl.predict import Failure
 
-    result = predict_images(run_dir, images, top_k=top_k, precision=precision.value if precision else None,
-                            fmt=format.value if format else None, engine=runtime.value if runtime else None)
+    rows = Run(run_dir).predict(images, top_k=top_k, precision=precision.value if precision else None,
+                                format=format.value if format else None, runtime=runtime.value if runtime else None,
+                                failures="keep")
     if json_out:
-        typer.echo(json.dumps([asdict(row) for row in result.rows], indent=2))
+        typer.echo(json.dumps([asdict(row) for row in rows], indent=2))
     else:
-        console.print(predict_table(result.rows))
-    for failure in result.failures:
+        console.print(predict_table(rows))
+    failures = [row for row in rows if isinstance(row, Failure)]
+    for failure in failures:
         _error(f"cannot read image {failure.image}: {failure.error}")
-    if result.failures:
+    if failures:
         raise typer.Exit(2)
 
 
@@ -271,9 +263,8 @@ def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_
 def info(run_dir: PredictRunArg) -> None:
     """Show a run's recipe, results, artifacts and verify status (exit 2 naming any damaged file)."""
     from edgetl.cli.tables import info_tables
-    from edgetl.pipeline import describe
 
-    described = describe(run_dir)
+    described = Run(run_dir).describe()
     for table in info_tables(described):
         console.print(table)
     for problem in described.damaged:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgetl.cli import tables
+from edgetl.confusion import same_figures
 from edgetl.pipeline import Hooks
 from edgetl.rundir import RunDir, TrainSummary
 
@@ -61,8 +62,42 @@ class RichTrainCallbacks:
                                              f"loss {record['val_loss']:.3f} · {record['images_per_s']:.0f} img/s")
 
 
+def show_per_class(summary: TrainSummary) -> None:
+    """best.pt per class on the val split (a table up to MAX_TABLE_CLASSES), then its most confidently wrong images."""
+    figures = summary.per_class
+    if figures is None:
+        return
+    confusion = tables.shown(RunDir(Path(summary.run_dir)).confusion)
+    if len(figures.labels) <= tables.MAX_TABLE_CLASSES:
+        console.print(tables.per_class_table(figures, title="best.pt per class on the val split", caption=confusion))
+    else:
+        worst = sorted((c for c in figures.classes if c.recall is not None), key=lambda c: c.recall)[:3]
+        console.print(f"per class: {len(figures.labels)} classes in {confusion} and train.json; lowest recall: "
+                      + ", ".join(f"{tables.shown(c.label)} {100 * c.recall:.0f} %" for c in worst), highlight=False)
+    if summary.confidently_wrong:
+        console.print(f"most confidently wrong val images ({len(summary.confidently_wrong)} in train.json):", highlight=False)
+        for line in tables.wrong_lines(summary.confidently_wrong):
+            console.print(line, highlight=False)
+
+
+def show_verify_per_class(report: Any) -> None:
+    """Per class on the labelled verify images: one table per distinct confusion matrix (up to MAX_TABLE_CLASSES)."""
+    groups = same_figures(report.per_class)
+    if not groups:
+        return
+    png = tables.shown(RunDir(Path(report.run_dir)).verify_confusion)
+    labels = groups[0][1].labels
+    if len(labels) > tables.MAX_TABLE_CLASSES:
+        console.print(f"per class on the verify images: {len(labels)} classes in {png} and verify.json", highlight=False)
+        return
+    for names, figures in groups:  # the files that predict alike share a table
+        console.print(tables.per_class_table(figures, title="per class on the verify images",
+                                             caption=f"{tables.shown(' = '.join(names))} · {png}"))
+
+
 def show_verify(report: Any) -> None:
     console.print(tables.parity_table(report))
+    show_verify_per_class(report)
     if report.latency:
         console.print(tables.latency_table(report))
     if report.go_no_go:
@@ -79,6 +114,7 @@ class RichHooks(Hooks):
 
     def trained(self, summary: TrainSummary) -> None:
         console.print(tables.train_table(summary))
+        show_per_class(summary)
         if summary.skipped:
             err_console.print(f"[yellow]{len(summary.skipped)} unreadable file(s) skipped; see "
                               f"{tables.shown(RunDir(Path(summary.run_dir)).data)}")
@@ -90,6 +126,9 @@ class RichHooks(Hooks):
 
     def exported(self, result: Any) -> None:
         console.print(tables.export_table(result))
+        if result.manifest.card is not None:
+            console.print(f"model card: {tables.shown(Path(result.out_dir) / result.manifest.card.file)} (completed by "
+                          f"edgetl verify)", highlight=False)
 
     @contextlib.contextmanager
     def verifying(self) -> Iterator[Callable[[str], None]]:

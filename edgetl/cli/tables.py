@@ -15,7 +15,9 @@ from rich.text import Text
 
 from edgetl.errors import printable
 from edgetl.formats import FORMATS
-from edgetl.rundir import TrainSummary, VerifyReport
+from edgetl.rundir import PerClass, TrainSummary, VerifyReport, WrongImage
+
+MAX_TABLE_CLASSES = 10  # per-class tables in the terminal up to this many classes; beyond, confusion.png
 
 
 def shown(value: object) -> str:
@@ -39,6 +41,25 @@ def train_table(result: TrainSummary) -> Table:
     table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
                   f"{result.wall_seconds:.1f} s in all", "", style="bold")
     return table
+
+
+def per_class_table(figures: PerClass, *, title: str, caption: str | None = None) -> Table:
+    """One row per class: its images, precision, recall, F1 and what it is most often mistaken for."""
+    table = Table(title=f"{title} · accuracy {_pct(figures.accuracy)} on {figures.images} images", caption=caption)
+    for col in ("class", "images", "precision", "recall", "F1", "most often predicted instead"):
+        table.add_column(col, justify="left" if col in ("class", "most often predicted instead") else "right")
+    for c in figures.classes:
+        instead = next((p for p in figures.most_confused if p.label == c.label), None)
+        low = c.recall is not None and c.recall < figures.accuracy
+        table.add_row(Text(printable(c.label)), str(c.support), _pct(c.precision),
+                      Text(_pct(c.recall), style="yellow" if low else ""), _pct(c.f1),
+                      Text(printable(f"{instead.predicted} ({instead.count})")) if instead else "—")
+    return table
+
+
+def wrong_lines(wrong: list[WrongImage], *, limit: int = 5) -> list[Text]:
+    """The most confidently wrong val images, one line each (path last: it is the longest)."""
+    return [Text(printable(f"  {100 * w.confidence:5.1f} % {w.predicted} (is {w.label})  {w.path}")) for w in wrong[:limit]]
 
 
 # --- edgetl verify ------------------------------------------------------------------------------------------
@@ -219,6 +240,8 @@ def info_tables(info: Any) -> list[Table]:
     if info.manifest:
         for a in info.manifest.artifacts:
             head.add_row(a.format, f"export/{a.file} · {_size(a.bytes)} · sha256 {a.sha256[:12]}…")
+        if info.manifest.card is not None:
+            head.add_row("model card", f"export/{shown(info.manifest.card.file)}")
     else:
         head.add_row("export", "not exported")
     verify = info.verify

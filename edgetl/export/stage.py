@@ -2,7 +2,7 @@
 
     edgetl export artifacts/20250101-120000-quickstart --format all
 
-Writes `<run>/export/{model.onnx, model.torchscript.pt, manifest.json}` (and `model.pte`, `model.tflite`, the
+Writes `<run>/export/{model.onnx, model.torchscript.pt, MODEL_CARD.md, manifest.json}` (and `model.pte`, `model.tflite`, the
 int8 / fp16 files, when asked). Each format is a module of `edgetl.formats`; `_write` runs its writer, timed,
 and records size, sha256, its runtime and the versions of the packages that wrote it. The new export is built in a
 temp folder beside the old one and swapped in at the end, so a failure midway leaves the previous export
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgetl import files, rundir
+from edgetl.card import CARD, render_card, write_card
 from edgetl.errors import EdgetlError, ExportError, RunDirError, describe_error
 from edgetl.export.deploy import DeployReport, deploy_model
 from edgetl.export.manifest import Written, build_manifest
@@ -120,7 +121,7 @@ def _check_replaceable(out: Path) -> None:
     if MANIFEST not in entries:
         raise EdgetlError(f"{out} exists and is not an edgetl export (no {MANIFEST}) — {fix}")
     try:
-        listed = {a.file for a in rundir.read_manifest(out / MANIFEST).artifacts}
+        listed = {a.file for a in rundir.read_manifest(out / MANIFEST).listed}
     except RunDirError as e:
         raise EdgetlError(f"{out} is not a readable edgetl export ({e}) — {fix}") from None
     # A listed name that is a folder or a link is not a file edgetl wrote: keep.txt inside "model.onnx/" is the user's.
@@ -249,6 +250,8 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
                     artifacts.append(derive_precision(name, precision, source, tmp, run_dir=run_dir, plan=plan))
         manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
                                   artifacts=artifacts)
+        with _step(CARD, out):  # for a person; verify completes it with its figures
+            manifest.card = write_card(tmp / CARD, render_card(RunDir(run_dir), manifest))
         with _step(MANIFEST, out):
             rundir.write(tmp / MANIFEST, manifest)  # last: a folder with a manifest is a complete export
         with _step(f"replacing {out}", out):

@@ -12,8 +12,33 @@
     checkpoint.py  atomic save, safe load, the model a checkpoint describes
     lora.py        LoRA adapters: inject, count, merge
     curves.py      curves.png
+
+Called, this package is the Python API's train: `edgetl.train(recipe=..., data=...)` (edgetl.api.train). The two
+share a name, and Python binds `edgetl.train` to this package as soon as anything imports it, so the package
+forwards calls instead of the name meaning one thing before that import and another after.
 """
+
+import inspect
+import sys
+import types
+from typing import Any
 
 from edgetl.train.stage import resume, train
 
 __all__ = ["resume", "train"]
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from edgetl.api import train as api_train
+
+        return api_train(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # what help() and a notebook's tooltip show for the call
+        from edgetl.api import train as api_train
+
+        return inspect.signature(api_train)
+
+
+sys.modules[__name__].__class__ = _CallableModule

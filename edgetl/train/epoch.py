@@ -185,17 +185,35 @@ class Sums:
         return start.loss_sum + loss_sum, start.correct + round(correct), start.seen + round(seen)
 
 
+@dataclass
+class Evaluation:
+    """An evaluation pass: mean loss and accuracy, and each row's predicted class and its probability (in the
+    data's order: what per-class figures and the confidently wrong images are read from)."""
+
+    loss: float
+    accuracy: float
+    predicted: list[int]
+    confidence: list[float]
+
+
 @torch.no_grad()
-def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy, in eval mode (each rank its rows of each batch)."""
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, batch_size: int) -> Evaluation:
+    """Mean cross-entropy (no label smoothing), accuracy and per-row predictions, in eval mode (each rank its
+    rows of each batch; the rows are summed over the ranks, each filled by one)."""
     autocast = _autocast(data.device)
     sums = Sums(data.device)
-    for x, y, _ in data.batches(batch_size, None):
+    rows = torch.zeros((len(data), 2), dtype=sums.values.dtype, device=data.device)  # predicted class, probability
+    for k, (x, y, total) in enumerate(data.batches(batch_size, None)):  # in order: batch k starts at row k * size
         if not len(y):  # a last batch with fewer rows than ranks
             continue
         with autocast:
             logits = forward(x).float()
         sums.add(nn.functional.cross_entropy(logits, y, reduction="sum"), logits, y)
+        confidence, predicted = logits.softmax(dim=1).max(dim=1)
+        mine = k * batch_size + distributed.shard(torch.arange(total, device=data.device))
+        rows[mine] = torch.stack([predicted.to(rows.dtype), confidence.to(rows.dtype)], dim=1)
     loss_sum, correct, seen = sums.total()
+    predicted, confidence = distributed.all_sum(rows).cpu().T.tolist()
     n = max(seen, 1)
-    return loss_sum / n, correct / n
+    return Evaluation(loss=loss_sum / n, accuracy=correct / n, predicted=[round(p) for p in predicted],
+                      confidence=confidence)

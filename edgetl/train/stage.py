@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from torch import nn
 
 from edgetl import files, rundir
 from edgetl.backbones import Backbone, create_model, get_backbone
+from edgetl.confusion import confidently_wrong, per_class, plot_confusion
 from edgetl.errors import EdgetlError, RunDirError
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe
@@ -318,7 +320,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                 partial = None
                 train_seconds = time.perf_counter() - t0
                 model.eval()
-                val_loss, val_acc = evaluate(eval_forward, val_data, batch_size=recipe.batch_size * 2)
+                val = evaluate(eval_forward, val_data, batch_size=recipe.batch_size * 2)
+                val_loss, val_acc = val.loss, val.accuracy
                 record = {
                     "epoch": global_epoch, "phase": phase.name, "phase_index": p, "phase_epoch": e + 1, "lr": lrs,
                     "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
@@ -330,7 +333,8 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                     files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
                 early.update(val_acc, val_loss, model)
                 if state.best.improved_by(val_acc=val_acc, val_loss=val_loss):
-                    state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch)
+                    state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch,
+                                      predicted=val.predicted, confidence=val.confidence)
                     if main:
                         save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model),
                                                                  "val_acc": val_acc, "val_loss": val_loss,
@@ -353,15 +357,24 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
             save_last(between_phases(p + 1))
 
     best = state.best
+    targets = data.val.targets.tolist()
+    figures = per_class(targets, best.predicted, labels=data.classes) if best.predicted is not None else None
+    if best.predicted is None:
+        log.info("no per-class results: the run was resumed from a checkpoint written before they were kept")
     summary = TrainSummary(
         run_dir=str(run.root), backbone=backbone.name, device=str(device), best_val_acc=best.val_acc,
         best_val_loss=best.val_loss, best_epoch=best.epoch, seconds=sum(m["seconds"] for m in metrics),
         phases=summarize_phases(recipe, metrics), weights=prep.weights, skipped=list(data.skipped),
         trainable=trainable_counts, wall_seconds=round(time.perf_counter() - started, 2),
-        world_size=distributed.world_size(), backend=distributed.backend(),
+        world_size=distributed.world_size(), backend=distributed.backend(), per_class=figures,
+        confidently_wrong=confidently_wrong(targets, best.predicted, best.confidence, labels=data.classes,
+                                            paths=[os.path.abspath(p) if os.path.isfile(p) else p  # openable anywhere
+                                                   for p in data.val.paths]) if figures else [],
     )
     if main:
-        rundir.write(run.train_json, summary)
+        if figures is not None:
+            plot_confusion([(f"val split · best.pt (epoch {best.epoch})", figures)], run.confusion)
+        rundir.write(run.train_json, summary)  # last: it marks the stage finished
         plot_curves(metrics, run.curves)
     return summary
 

@@ -51,6 +51,10 @@ class Best:
     val_loss: float = math.inf
     val_acc: float = 0.0
     epoch: int = 0
+    # its predictions on the val split, row by row (edgetl.train.epoch.Evaluation): train.json's per-class
+    # figures, kept here so that a resumed run still has them; checkpoints before 0.2 have none
+    predicted: list[int] | None = None
+    confidence: list[float] | None = None
 
     def improved_by(self, *, val_acc: float, val_loss: float) -> bool:
         return self.epoch == 0 or better(val_acc, val_loss, than_acc=self.val_acc, than_loss=self.val_loss)
@@ -96,7 +100,7 @@ class TrainState:
 
     def to_checkpoint(self) -> dict[str, Any]:
         return {"next_phase": self.next_phase, "next_epoch": self.next_epoch, "global_epoch": self.global_epoch,
-                "best": asdict(self.best), "early": None if self.early is None else asdict(self.early),
+                "best": {k: v for k, v in asdict(self.best).items() if v is not None}, "early": None if self.early is None else asdict(self.early),
                 "optimizer": self.optimizer, "scheduler": self.scheduler,
                 "epoch_progress": None if self.epoch_progress is None else asdict(self.epoch_progress),
                 "epoch_lrs": self.epoch_lrs}

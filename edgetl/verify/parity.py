@@ -70,10 +70,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, inputs: Inputs,
-                 reference: np.ndarray, bars: Bars | None) -> dict[str, Any] | None:
+                 reference: np.ndarray, bars: Bars | None,
+                 keep_logits: dict[str, np.ndarray] | None = None) -> dict[str, Any] | None:
     """Names, then shapes, then values of one artifact against the reference logits. The file is held to its own
     tensors where its manifest entry lists them (a batch-1 ExecuTorch file, a full-integer TFLite file), else to
-    the manifest's."""
+    the manifest's. The logits of a file that ran go to `keep_logits[name]` (verify's per-class figures)."""
     want_in, want_out = manifest.io_of(name)
     if runner.inputs is not None:  # the format declares its graph signature: compare it with the manifest
         if not (gate.check(name, "names", "input count", len(runner.inputs), "==", 1)
@@ -102,6 +103,8 @@ def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, i
         return None
     if not gate.check(name, "shapes", "logits shape", list(logits.shape), "==", list(reference.shape)):
         return None
+    if keep_logits is not None:
+        keep_logits[name] = logits
     figures = compare_logits(reference, logits, targets=inputs.targets)
     real = int(inputs.info.get("images", 0))
     if bars is not None and bars.atol is None and real:

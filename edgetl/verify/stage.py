@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import __version__, rundir
+from edgetl.card import render_card, write_card
+from edgetl.confusion import per_class, plot_confusion, same_figures
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
@@ -147,7 +149,10 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     report.passed = not gate.failures
     report.failures = [c.message() for c in gate.failures]
     report.checks = [dataclasses.asdict(c) for c in gate.checks]
+    _plot_per_class(run, report)
     json_path = Path(json_path) if json_path is not None else run.verify_json
+    if json_path.resolve() == run.verify_json.resolve():
+        _complete_card(run, manifest, report, gate)
     rundir.write(json_path, report)
     result = VerifyResult(run_dir=run.root, json_path=json_path, report=report, checks=gate.checks)
     if not result.passed:
@@ -180,7 +185,7 @@ def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
     """Every listed file is there with the manifest's byte size and sha256: nothing truncated or altered."""
     if not manifest.artifacts:
         gate.check("manifest.json", "integrity", "artifacts listed", 0, ">=", 1)
-    for artifact in manifest.artifacts:
+    for artifact in manifest.listed:  # the models, then the model card
         name, path = artifact.file, export_dir / artifact.file
         inside = path.resolve().is_relative_to(export_dir.resolve())
         if not gate.check(name, "integrity", "path", "inside export/" if inside else "outside export/", "==",
@@ -224,6 +229,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     ref_logits = run_batched(reference, inputs.x, batch=PARITY_BATCH)
     report.inputs = inputs.info
     report.reference = {"file": name, "accuracy": accuracy(ref_logits, inputs.targets)}
+    logits = {name: ref_logits}
     runnable = []
     for artifact in artifacts:
         name = artifact.file
@@ -236,13 +242,18 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         except Exception as e:  # noqa: BLE001 — a file its runtime refuses fails this artifact, not the whole run
             gate.check(name, "load", f"loads in its runtime ({artifact.format})", describe_error(e), "==", "ok")
             continue
-        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=ref_logits, bars=bars)
+        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=ref_logits, bars=bars,
+                               keep_logits=logits)
         report.parity[name] = figures
         if figures is not None:
             runnable.append(artifact)
     for artifact in [a for a in runnable if a.format == ONNX_FORMAT]:
         _check_engines(run, manifest, artifact, settings, gate, report, inputs=inputs, reference=ref_logits,
-                       progress=progress)
+                       progress=progress, keep_logits=logits)
+    for name, out in logits.items():  # per class on the labelled verify images: the checkpoint, then each file
+        figures = per_class(inputs.targets, out.argmax(axis=1), labels=manifest.labels)
+        if figures is not None:
+            report.per_class[name] = figures
     # A manifest whose every file was renamed to a format verify cannot run must not pass on integrity alone.
     gate.check("manifest.json", "values", "artifacts checked for parity", len(runnable), ">=", 1,
                detail=f"no listed file ran in a runtime edgetl knows ({', '.join(FORMATS)})")
@@ -250,7 +261,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
 
 
 def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, settings: VerifySettings, gate: Gate,
-                   report: VerifyReport, *, inputs: Inputs, reference: np.ndarray, progress: Progress) -> None:
+                   report: VerifyReport, *, inputs: Inputs, reference: np.ndarray, progress: Progress,
+                   keep_logits: dict[str, np.ndarray] | None = None) -> None:
     """The ONNX file in every other engine asked for: it loads, and its logits meet the same bars as in
     onnxruntime (a row `model.onnx (openvino)` each). Run at the engine's default threads: OpenCV 4.8 computes
     the exporter's ReduceMean wrong only with more than one."""
@@ -272,7 +284,29 @@ def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, set
             gate.check(name, "load", f"loads in {ENGINES[engine].title} {version}", describe_error(e), "==", "ok")
             continue
         report.parity[name] = check_parity(runner, manifest, name, gate, inputs=inputs, reference=reference,
-                                           bars=bars)
+                                           bars=bars, keep_logits=keep_logits)
+
+
+def _complete_card(run: RunDir, manifest: Manifest, report: VerifyReport, gate: Gate) -> None:
+    """Fill in the model card's verification section from this report, and re-hash it in the manifest (through
+    the manifest's own writer), so the next verify's integrity check holds. Only the run's own report completes
+    it (a --json copy elsewhere does not), only a card the manifest lists, and only when every listed file was
+    the one exported: a card or model that changed after export fails integrity and is left as it is."""
+    if manifest.card is None or any(c.kind == "integrity" for c in gate.failures):
+        return
+    entry = write_card(run.export_dir / manifest.card.file, render_card(run, manifest, report=report))
+    rundir.write(run.manifest, manifest.model_copy(update={"card": entry}))
+    report.manifest_sha256 = sha256_file(run.manifest)  # the manifest as verify leaves it
+
+
+def _plot_per_class(run: RunDir, report: VerifyReport) -> None:
+    """RUN/verify-confusion.png: a panel per distinct confusion matrix, titled with the files that have it. Without
+    labelled images there is none, and an earlier one (of other images) is removed, never left to mislead."""
+    if not report.per_class:
+        run.verify_confusion.unlink(missing_ok=True)
+        return
+    plot_confusion([(" = ".join(names), figures) for names, figures in same_figures(report.per_class)],
+                   run.verify_confusion)
 
 
 def engine_row(file: str, engine: str) -> str:

@@ -76,3 +76,17 @@ def test_a_usage_error_in_a_stage_is_one_line_with_its_exit_code(tmp_path):
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith("error: ") and len(result.output.strip().splitlines()) == 1
     assert "nowhere" in result.output
+
+
+def test_shell_completion_is_on_and_completes_commands_and_choices():
+    result = invoke("--show-completion", "bash")
+    assert result.exit_code == 0 and "complete -o default -F _edgetl_completion edgetl" in result.output
+    assert "--install-completion" in invoke("--help").output
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {"_EDGETL_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+        return runner.invoke(app, [], prog_name="edgetl", env=env).output.split()
+
+    assert complete("edgetl ex") == ["export"]
+    assert complete("edgetl export run --format t") == ["torchscript"]

@@ -97,7 +97,12 @@ def test_two_processes_train_what_one_trains(ddp_data, one_process, tmp_path):
     assert_same_training(one_process, run)
     summary = json.loads((run / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
-    assert json.loads((one_process / "train.json").read_text())["world_size"] == 1
+    one = json.loads((one_process / "train.json").read_text())
+    assert one["world_size"] == 1
+    # every val row's prediction is gathered from the rank that computed it: the same per-class figures
+    assert summary["per_class"]["confusion"] == one["per_class"]["confusion"]
+    assert sum(map(sum, summary["per_class"]["confusion"])) == len(json.loads((run / "split.json").read_text())["val"])
+    assert sorted(w["path"] for w in summary["confidently_wrong"]) == sorted(w["path"] for w in one["confidently_wrong"])
     # rank 0 alone reports: one summary table, one progress line per phase
     assert done.stdout.count("best val acc") == 1, done.stdout
 

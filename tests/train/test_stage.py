@@ -15,11 +15,19 @@ from edgetl.train.sample import SHAPES
 runner = CliRunner()
 
 
-def test_train_writes_the_run_directory(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """`edgetl train` on the tiny recipe through the CLI: (run, result)."""
     data, recipe = tiny
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(run), "--device", "cpu"])
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(run), "--device", "cpu"],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    return run, result
+
+
+def test_train_writes_the_run_directory(trained):
+    run, result = trained
     for name in ("recipe.resolved.toml", "labels.json", "preprocessing.json", "split.json", "metrics.jsonl",
                  "curves.png", "train.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
@@ -41,6 +49,35 @@ def test_train_writes_the_run_directory(tiny, tmp_path):
     assert "edgetl train" in result.output and "best.pt" in result.output
 
 
+def test_train_reports_best_pt_per_class_on_the_val_split(trained, tiny):
+    """train.json holds the confusion matrix of best.pt's val predictions: its rows are the val counts per class,
+    its diagonal is best_val_acc; confusion.png shows it, the terminal a table, the wrong images by path."""
+    (run, result), (data, _) = trained, tiny
+    summary = json.loads((run / "train.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    figures = summary["per_class"]
+    labels = json.loads((run / "labels.json").read_text())
+    assert figures["labels"] == labels and figures["images"] == len(split["val"])
+    matrix = figures["confusion"]
+    assert [sum(row) for row in matrix] == [sum(c == label for _, c in split["val"]) for label in labels]
+    assert sum(map(sum, matrix)) == len(split["val"])
+    assert sum(matrix[i][i] for i in range(len(labels))) / len(split["val"]) == pytest.approx(summary["best_val_acc"])
+    for i, c in enumerate(figures["classes"]):
+        assert c["support"] == sum(matrix[i]) and c["predicted"] == sum(row[i] for row in matrix)
+        assert c["recall"] == pytest.approx(matrix[i][i] / c["support"])
+    wrong = summary["confidently_wrong"]
+    assert len(wrong) == min(10, len(split["val"]) - sum(matrix[i][i] for i in range(len(labels))))
+    val_paths = {str(data / rel) for rel, _ in split["val"]}
+    assert all(w["path"] in val_paths and w["label"] != w["predicted"] for w in wrong)
+    assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
+    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "per class on the val split" in result.output and "precision" in result.output
+    for label in labels:
+        assert label in result.output
+    if wrong:
+        assert "most confidently wrong" in result.output and wrong[0]["path"] in result.output
+
+
 
 
 @pytest.mark.parametrize("stop_after", [1, 3, 6])  # mid head phase (cached features), mid top phase, mid all phase
@@ -56,6 +93,11 @@ def test_resume_gives_the_same_final_weights(straight, tmp_path, stop_after):
         assert torch.equal(a[k], b[k]), k
     metrics = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["epoch"] for m in metrics] == list(range(1, 8))
+    # best.pt's val predictions travel in last.pt: a resumed run reports the same per-class figures
+    summaries = [json.loads((r / "train.json").read_text()) for r in (straight_run, tmp_path / "cut")]
+    assert summaries[0]["per_class"] is not None
+    assert summaries[1]["per_class"] == summaries[0]["per_class"]
+    assert summaries[1]["confidently_wrong"] == summaries[0]["confidently_wrong"]
 
 
 def test_training_on_an_existing_run_is_refused(tiny, tmp_path):

@@ -20,7 +20,7 @@ from edgetl.testing import make_run
 
 FAST = ["--latency-seconds", "0.02"]  # the timing loop still runs, briefly: at most 0.06 s per setting
 REPORT_KEYS = ["schema_version", "edgetl_version", "created", "run_dir", "passed", "failures", "warnings", "checks", "bars", "inputs",
-               "reference", "parity", "latency", "gate", "regression", "go_no_go", "engines", "settings", "machine", "versions",
+               "reference", "parity", "per_class", "latency", "gate", "regression", "go_no_go", "engines", "settings", "machine", "versions",
                "manifest_sha256"]
 PARITY_KEYS = ["inputs", "max_abs_diff", "mean_abs_diff", "max_rel_diff", "softmax_max_diff", "top1_agreement",
                "top5_overlap", "top5_k", "accuracy", "reference_accuracy"]
@@ -68,11 +68,29 @@ def test_verify_passes_on_a_fresh_export(verified):
     assert "verify passed" in result.output
     report = read_json(run / "verify.json")
     assert report["passed"] is True and report["failures"] == []
-    # manifest.json: its meaning (labels, preprocessing, shapes) against the checkpoint, and that parity ran
+    # manifest.json: its meaning (labels, preprocessing, shapes) against the checkpoint, and that parity ran;
+    # MODEL_CARD.md: its integrity, like every file the manifest lists
     assert {c["artifact"] for c in report["checks"]} == {"model.onnx", "model.torchscript.pt", "checkpoints/best.pt",
-                                                        "manifest.json"}
+                                                        "manifest.json", "MODEL_CARD.md"}
     assert report["inputs"]["images"] == 9 and report["inputs"]["labelled"] == 9 and report["inputs"]["random"] == 4
     assert report["parity"]["model.onnx"]["top1_agreement"] == 1.0
+
+
+def test_verify_reports_each_file_per_class_on_the_labelled_images(verified, images):
+    run, result = verified
+    report = read_json(run / "verify.json")
+    per_class = report["per_class"]
+    assert list(per_class) == ["checkpoints/best.pt", "model.onnx", "model.torchscript.pt"]
+    for name, figures in per_class.items():
+        matrix = figures["confusion"]
+        assert figures["labels"] == ["class_0", "class_1", "class_2"]
+        assert [sum(row) for row in matrix] == [3, 3, 3], name  # three images per class folder
+        assert figures["images"] == report["inputs"]["labelled"] == 9
+        assert figures["accuracy"] == pytest.approx(report["parity"].get(name, report["reference"])["accuracy"])
+        assert matrix == per_class["checkpoints/best.pt"]["confusion"]  # fp32 files predict what the checkpoint does
+    assert (run / "verify-confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "per class on the verify images" in result.output
+    assert "checkpoints/best.pt = model.onnx = model.torchscript.pt" in result.output
 
 
 def test_verify_json_has_the_promised_keys(verified):
