@@ -160,6 +160,8 @@ def main() -> None:
     p.add_argument("--skip-training", action="store_true", help="part 1 only")
     args = p.parse_args()
     common.quiet_logs()
+    from edgetl.errors import EdgetlError
+
     quick = args.quick
     photos = args.photos if args.photos.is_dir() else None
     busy = common.warn_if_busy()
@@ -168,15 +170,19 @@ def main() -> None:
         rows = []
         for backbone, (what, extras) in systems.items():
             print(f"{backbone}: {what}", file=sys.stderr, flush=True)
-            rows.append({"system": what, **example_system(backbone, extras, root=Path(tmp) / "systems", photos=photos,
-                                                          samples=args.samples, quick=quick)})
+            try:
+                rows.append({"system": what, **example_system(backbone, extras, root=Path(tmp) / "systems",
+                                                              photos=photos, samples=args.samples, quick=quick)})
+            except EdgetlError as e:  # a stage refused this stand-in: the reason is the result
+                rows.append({"system": what, "backbone": backbone, "error": str(e)})
         pair = ([] if args.skip_training or photos is None else
                 trained_pair(photos, per_class=args.per_class, root=Path(tmp) / "pair", quick=quick))
     common.console.print(common.table(
         "Example systems by name, full size, random weights (export + verify on flowers photos)",
         ["system", "input", "params", "ONNX MB", "BN folded", "ONNX max |Δ|", "agreement", "ORT p50",
          "eager p50", "train img/s", "verify"],
-        [(r["system"], f"{r['image_size']} px", f"{r['params'] / 1e6:.1f} M", r["onnx_mb"],
+        [(r["system"], "—", "—", "—", "—", "—", "—", "—", "—", "—", f"refused: {r['error'][:60]}") if "error" in r else
+         (r["system"], f"{r['image_size']} px", f"{r['params'] / 1e6:.1f} M", r["onnx_mb"],
           r["bn_folded"] or "0 (LN)", common.fmt(r["onnx_max_abs_diff"], ".1e"),
           f"{100 * r['top1_agreement']:.0f} %", common.fmt(r["ort_p50_ms"], ".1f", " ms"),
           common.fmt(r["eager_p50_ms"], ".1f", " ms"), r["train_img_s"], "pass" if r["verify_passed"] else "FAIL")

@@ -49,6 +49,8 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
         m.momentum = 0.1
     model.eval()
     last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    if not last_linear.weight.any():  # torchvision's ViT zero-initialises its head: logits would stay exactly 0
+        last_linear.weight.normal_(0.0, 0.01, generator=g)
     logits = model(batch())
     last_linear.weight.mul_(4.0 / logits.std().clamp_min(1e-6))
     if last_linear.bias is not None:

@@ -124,3 +124,13 @@ def test_vit_position_embeddings_from_another_size_are_resampled(name, tmp_path)
     assert report.loaded == len(small.state_dict()) and not report.skipped
     with torch.no_grad():
         assert small(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_parity_stand_ins_get_real_magnitude_logits_even_from_a_zero_initialised_head():
+    """torchvision's ViT starts its head at zero: a stand-in for parity checks must not keep logits at exactly 0."""
+    from edgetl.testing import randomize_for_parity
+
+    bb = get_backbone("torchvision:vit_b_16")
+    model = randomize_for_parity(create_model(bb, num_classes=3, image_size=32), image_size=32)
+    with torch.no_grad():
+        assert model(torch.randn(4, 3, 32, 32)).abs().max() > 1.0
