@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgetl import files
 from edgetl.backbones import create_model, get_backbone
+from edgetl.preprocessing import Preprocessing, preprocess_image
 from edgetl.recipe import parse_recipe
 from edgetl.rundir import CheckpointMeta, RunDir
 from edgetl.train.checkpoint import save_checkpoint
@@ -58,6 +60,27 @@ def randomize_for_parity(model: nn.Module, *, seed: int = 0, image_size: int = 3
     return model
 
 
+def fit_head(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, steps: int = 200,
+             lr: float = 0.05) -> nn.Module:
+    """Train only the last Linear layer on `images` (preprocessed, [N, 3, S, S]) toward `targets`, so that a
+    stand-in's top-1 has real margins on those images: a random head leaves near-ties that INT8 or another
+    runtime's rounding flips one way on one machine and the other way on the next."""
+    model.eval()
+    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    hook = last_linear.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
+    with torch.no_grad():
+        model(images)
+    hook.remove()
+    features = captured[0]
+    optimizer = torch.optim.Adam(last_linear.parameters(), lr=lr)
+    for _ in range(steps):  # the features are fixed: a few hundred steps of a linear model take milliseconds
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(last_linear(features), targets).backward()
+        optimizer.step()
+    return model
+
+
 def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: int = 3, image_size: int = 32,
              seed: int = 0, lora: dict | None = None, calibrate_size: int | None = None,
              data: Path | None = None, head: dict | None = None, calibration: torch.Tensor | None = None) -> Path:
@@ -65,7 +88,8 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
     without training: LoRA adapters with non-zero B when `lora` is a recipe [lora] section; BatchNorm
     calibrated at `calibrate_size` px (default: image_size; smaller is cheaper). With `data` (a folder of
     `train/` and `val/` class folders named class_0, class_1, ...), split.json lists its images, so INT8 has
-    train images to calibrate on and verify labelled val images. `calibration`: preprocessed photos to calibrate
+    train images to calibrate on and verify labelled val images; BatchNorm is then calibrated on those images and
+    the head fitted to their classes (`fit_head`), so lossy files are judged on real margins. `calibration`: preprocessed photos to calibrate
     BatchNorm and scale the head on, instead of noise (`randomize_for_parity`)."""
     bb = get_backbone(backbone)
     torch.manual_seed(seed)
@@ -73,7 +97,13 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
                            "head": head, "phases": [{"name": "head", "epochs": 1}]})
     model = create_model(bb, num_classes=num_classes, image_size=image_size,
                          head=recipe.head.spec() if recipe.head else None)
+    prep = bb.preprocessing.scaled(image_size)
+    labelled = _labelled_images(Path(data), prep, num_classes) if data is not None else None
+    if labelled is not None and calibration is None:
+        calibration = labelled[0]
     model = randomize_for_parity(model, seed=seed, image_size=calibrate_size or image_size, images=calibration)
+    if labelled is not None:
+        fit_head(model, *labelled)
     lora_config = None
     if recipe.lora is not None:
         from edgetl.train.lora import inject_lora, lora_parameters
@@ -85,7 +115,6 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
         for p in lora_parameters(model):
             p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
     labels = [f"class_{i}" for i in range(num_classes)]
-    prep = bb.preprocessing.scaled(image_size)
     meta = CheckpointMeta(backbone=backbone, num_classes=num_classes, labels=labels, preprocessing=prep,
                           recipe=recipe.model_dump(), recipe_sha256=recipe.digest(),
                           lora=lora_config.to_dict() if lora_config else None)
@@ -107,6 +136,17 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
                  **{part: [[rel, Path(rel).parent.name] for rel in rels] for part, rels in listed.items()}}
     files.write_json(run.split, split)
     return run.root
+
+
+def _labelled_images(data: Path, preprocessing: Preprocessing, num_classes: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of `data`'s train/ and val/ folders class_0 .. class_{n-1}, preprocessed, with its class."""
+    images, targets = [], []
+    for i in range(num_classes):
+        for path in sorted(data.glob(f"*/class_{i}/*")):
+            images.append(preprocess_image(path, preprocessing))
+            targets.append(i)
+    return torch.from_numpy(np.stack(images)), torch.tensor(targets)
 
 
 class StopAfterEpoch(Callbacks):
