@@ -5,15 +5,16 @@
     import edgetl         # the same from Python (edgetl/api.py)
     run = edgetl.train(recipe="quickstart", data="sample"); run.export(); run.verify().passed
 
-The API's names load on first use (PEP 562), so `import edgetl` and `edgetl --help` import no torch.
-`edgetl.train` is also the name of the training package (edgetl/train/): calling it calls the API's train.
+The API's names load on first use (PEP 562), so `import edgetl` and `edgetl --help` import no torch. Nothing in
+the package imports this module: the version lives in edgetl/version.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from edgetl.version import __version__
+
 __all__ = ["Hooks", "Prediction", "Run", "TqdmHooks", "__version__", "load_run", "train"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the API's functions and classes
@@ -21,10 +22,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the API's functions and cl
 
 
 def __getattr__(name: str) -> Any:
-    if name == "train":  # the package, made callable (edgetl/train/__init__.py), so that importing it changes nothing
-        import edgetl.train
-
-        return edgetl.train
     if name in __all__:
         from edgetl import api
 

@@ -231,7 +231,7 @@ class TqdmHooks(Hooks):
 
 
 class _TqdmTrainCallbacks:
-    """The trainer's progress callbacks (edgetl.train.epoch.Callbacks) as one tqdm bar at a time."""
+    """The trainer's progress callbacks (edgetl.training.epoch.Callbacks) as one tqdm bar at a time."""
 
     def __init__(self, tqdm: Any) -> None:
         self.tqdm, self.bar = tqdm, None

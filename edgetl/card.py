@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from edgetl import __version__, files, rundir
+from edgetl import files, rundir
 from edgetl.errors import RunDirError
 from edgetl.rundir import FileEntry, Manifest, PerClass, RunDir, TrainSummary, VerifyReport
+from edgetl.version import __version__
 
 CARD = "MODEL_CARD.md"
 LOW_RECALL = 0.8  # a class below this recall (or 10 points below the overall accuracy) is a known limit

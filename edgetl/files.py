@@ -69,6 +69,14 @@ def make_dir_like_mkdir(path: str | os.PathLike) -> None:
     os.chmod(path, 0o777 & ~current_umask())
 
 
+def make_temp_dir(beside: Path, *, prefix: str) -> Path:
+    """A new folder in `beside`'s parent, with the permissions `mkdir` would give it: where a stage builds what it
+    then renames into place whole."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=beside.parent))
+    make_dir_like_mkdir(tmp)
+    return tmp
+
+
 def folder_problem(folder: Path, e: OSError) -> str:
     """Why `folder` cannot be created or written into, in words: an ancestor that is a file, or the OS's reason."""
     for parent in (folder, *folder.parents):

@@ -17,11 +17,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetl import files, rundir
 from edgetl.errors import EdgetlError, RunDirError
+from edgetl.recipe import ExportSection, Recipe
 from edgetl.rundir import STAGES, Manifest, RunDir, TrainSummary, VerifyReport
+
+if TYPE_CHECKING:  # the stages load on first use: `edgetl --help` and `edgetl info` import no torch
+    from edgetl.export.precision import QuantPlan
+    from edgetl.export.stage import ExportResult
+    from edgetl.training.epoch import Callbacks
+    from edgetl.verify import VerifyResult, VerifySettings
 
 
 @dataclass(frozen=True)
@@ -44,14 +51,14 @@ class ExportRequest:
     precisions: tuple[str, ...] | None = None  # None: the run recipe's [export] precisions, else fp32
     calibration: str | None = None  # None: the recipe's, else minmax
 
-    def formats_for(self, section: Any) -> tuple[str, ...]:
+    def formats_for(self, section: ExportSection | None) -> tuple[str, ...]:
         """The formats to write: flags first, then the recipe's [export] table (`section`), then the core formats
         (those that need no optional extra: ONNX and TorchScript)."""
         from edgetl.formats import DEFAULT_FORMATS
 
         return self.formats or (tuple(section.formats) if section and section.formats else tuple(DEFAULT_FORMATS))
 
-    def plan(self, run_dir: Path) -> tuple[tuple[str, ...], Any]:
+    def plan(self, run_dir: Path) -> tuple[tuple[str, ...], QuantPlan]:
         """The precisions and INT8 plan: flags first, then the run's recipe [export] table, then defaults."""
         from edgetl.export.precision import QuantPlan
 
@@ -63,7 +70,7 @@ class ExportRequest:
         return precisions, plan
 
 
-def export_section(run_dir: Path) -> Any:
+def export_section(run_dir: Path) -> ExportSection | None:
     """The run recipe's [export] table; None without one, or in a bare checkpoint folder (no recipe)."""
     try:
         return rundir.read_recipe(RunDir(run_dir)).export
@@ -75,8 +82,8 @@ class Hooks:
     """Where the stages report progress and results; every method is optional (silent by default)."""
 
     @contextlib.contextmanager
-    def training(self) -> Iterator[Any]:
-        """Around a training run; yields the trainer's progress callbacks (edgetl.train.epoch.Callbacks)."""
+    def training(self) -> Iterator[Callbacks | None]:
+        """Around a training run; yields the trainer's progress callbacks (edgetl.training.epoch.Callbacks)."""
         yield None
 
     def trained(self, summary: TrainSummary) -> None: ...
@@ -85,14 +92,14 @@ class Hooks:
     def exporting(self) -> Iterator[None]:
         yield
 
-    def exported(self, result: Any) -> None: ...
+    def exported(self, result: ExportResult) -> None: ...
 
     @contextlib.contextmanager
     def verifying(self) -> Iterator[Callable[[str], None]]:
         """Around verify; yields a function that takes the name of the step verify is at."""
         yield lambda step: None
 
-    def verified(self, result: Any) -> None: ...
+    def verified(self, result: VerifyResult) -> None: ...
 
     def note(self, message: str) -> None: ...
 
@@ -128,9 +135,9 @@ def default_run_dir(recipe: str) -> Path:
 def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path | None = None,
                 hooks: Hooks | None = None) -> TrainSummary:
     """A new run into `out` (default artifacts/<time>-<recipe>), or the interrupted run `resume` continued."""
-    from edgetl import train
+    from edgetl import training
     from edgetl.recipe import load_recipe
-    from edgetl.train import distributed
+    from edgetl.training import distributed
 
     # Under torchrun rank 0 holds the lock, writes and reports; the other ranks train silently beside it.
     main = distributed.is_main()
@@ -140,7 +147,7 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
         refuse_changes_on_resume(request, out=out)
         require_run(resume)
         with lock(resume), hooks.training() as callbacks:
-            summary = train.resume(resume, device=request.device, callbacks=callbacks)
+            summary = training.resume_run(resume, device=request.device, callbacks=callbacks)
     else:
         resolved = load_recipe(request.recipe or DEFAULT_RECIPE, overrides=request.overrides,
                                epochs_scale=request.epochs_scale)
@@ -148,12 +155,12 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
         if distributed.launched() and out is None:
             raise EdgetlError("under torchrun every process needs the same run folder: pass --out")
         with lock(run_dir), hooks.training() as callbacks:
-            summary = train.train(resolved, run_dir=run_dir, device=request.device, callbacks=callbacks)
+            summary = training.train_run(resolved, run_dir=run_dir, device=request.device, callbacks=callbacks)
     hooks.trained(summary)
     return summary
 
 
-def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hooks: Hooks | None = None) -> Any:
+def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hooks: Hooks | None = None) -> ExportResult:
     from edgetl.export import export_run
 
     hooks = hooks or Hooks()
@@ -168,7 +175,7 @@ def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hoo
     return result
 
 
-def check_export_flags(request: ExportRequest, section: Any = None) -> None:
+def check_export_flags(request: ExportRequest, section: ExportSection | None = None) -> None:
     """Export's flags and the recipe's [export] table (`section`), refused before any work (usage errors): an
     unknown format, one whose optional extra is not installed, a precision no requested format makes."""
     from edgetl.export.precision import check_precisions
@@ -211,7 +218,7 @@ def check_json_target(json_path: Path | None, run_dir: Path) -> None:
 
 
 def verify_settings(*, latency_seconds: float = 1.0, threads: Sequence[int] | None = None,
-                    runtimes: Sequence[str] | None = None, **flags: Any) -> Any:
+                    runtimes: Sequence[str] | None = None, **flags: Any) -> VerifySettings:
     """edgetl.verify.VerifySettings from `edgetl verify`'s flags: each latency setting is timed for at least
     `latency_seconds` and at most three times that; onnxruntime always runs the ONNX files."""
     from edgetl.verify import VerifySettings
@@ -222,8 +229,8 @@ def verify_settings(*, latency_seconds: float = 1.0, threads: Sequence[int] | No
                           timing=TimingPlan(seconds=latency_seconds, max_seconds=3 * latency_seconds))
 
 
-def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None = None,
-                 hooks: Hooks | None = None) -> Any:
+def verify_stage(run_dir: Path, settings: VerifySettings | None = None, *, json_path: Path | None = None,
+                 hooks: Hooks | None = None) -> VerifyResult:
     """verify_run with its progress reported; ChecksFailed (exit 1) carries the whole report."""
     from edgetl.verify import VerifySettings, verify_run
 
@@ -239,10 +246,10 @@ def verify_stage(run_dir: Path, settings: Any = None, *, json_path: Path | None 
 
 
 def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path | None = None,
-                 export: ExportRequest = ExportRequest(), verify: Any = None, compare_scratch: bool = False,
+                 export: ExportRequest = ExportRequest(), verify: VerifySettings | None = None, compare_scratch: bool = False,
                  hooks: Hooks | None = None) -> RunOutcome:
     """train -> export -> verify (from the first unfinished stage with `resume`), then the scratch comparison."""
-    from edgetl.train.distributed import launched
+    from edgetl.training.distributed import launched
 
     if launched():  # export and verify are one process's work: the other ranks would race rank 0
         raise EdgetlError("edgetl run does not run under torchrun: train with `torchrun ... -m edgetl train --out RUN`, "
@@ -284,7 +291,7 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
                       seconds=time.perf_counter() - started)
 
 
-def _recipe_export(request: TrainRequest, run: RunDir, *, resume: bool) -> Any:
+def _recipe_export(request: TrainRequest, run: RunDir, *, resume: bool) -> ExportSection | None:
     """The [export] table of the recipe the run trains (or trained) with, read before training starts."""
     from edgetl.recipe import load_recipe
 
@@ -338,7 +345,7 @@ class RunInfo:
     """Everything `edgetl info` shows, from the run directory's own files."""
 
     run_dir: Path
-    recipe: Any  # edgetl.recipe.Recipe
+    recipe: Recipe
     labels: list[str] | None
     epochs_done: int
     train: TrainSummary | None

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import rundir
+from edgetl.compare.parity import softmax
 from edgetl.errors import DataError, EdgetlError, RunDirError, describe_error
 from edgetl.files import sha256_file
-from edgetl.formats import FORMATS
+from edgetl.formats import ENGINE_FORMAT, FORMATS
 from edgetl.formats.base import Runner
-from edgetl.formats.engines import load_engine, require_engine
+from edgetl.formats.engines import REFERENCE_ENGINE, load_engine, require_engine
 from edgetl.images import UnusableImageError
 from edgetl.preprocessing import preprocess_image
 from edgetl.rundir import ArtifactEntry, Manifest
-from edgetl.verify.parity import softmax
 
 PREDICT_BATCH = 32  # images decoded and run at once (a fixed-batch export: its own batch)
 MAX_FIXED_BATCH = 1024  # a fixed batch is padded to its size: a manifest cannot make predict allocate more
@@ -92,11 +92,12 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
     """The first listed artifact with a runtime here (of `fmt` and `precision`, when given), loaded once its
     sha256 matches the manifest; the runner refuses logits whose size is not the manifest's label count. `engine`
     (--runtime): run the ONNX file in OpenVINO or OpenCV instead of onnxruntime."""
-    if engine not in (None, "onnxruntime"):
+    if engine not in (None, REFERENCE_ENGINE):
         require_engine(engine)
-        if fmt not in (None, "onnx"):
-            raise EdgetlError(f"--runtime {engine} runs ONNX files, not {fmt} — drop --format or use --format onnx")
-        fmt = "onnx"
+        if fmt not in (None, ENGINE_FORMAT):
+            raise EdgetlError(f"--runtime {engine} runs {ENGINE_FORMAT.upper()} files, not {fmt} — drop --format or "
+                              f"use --format {ENGINE_FORMAT}")
+        fmt = ENGINE_FORMAT
     artifact = choose_artifact(export_dir, manifest, precision=precision, fmt=fmt)
     path = export_dir / artifact.file
     if path.is_symlink() or not path.resolve().is_relative_to(export_dir.resolve()):
@@ -110,7 +111,7 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
                            "the file changed after export — re-export it")
     runtime = FORMATS[artifact.format]
     try:
-        if engine not in (None, "onnxruntime"):
+        if engine not in (None, REFERENCE_ENGINE):
             runner = load_engine(engine, path, threads=threads)
         else:
             runner = runtime.load(path, threads=threads)
@@ -156,7 +157,7 @@ def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: in
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")
     runner = load_artifact(export_dir, manifest, threads=threads, precision=precision, fmt=fmt, engine=engine)
-    fmt = "onnx" if engine not in (None, "onnxruntime") else fmt
+    fmt = ENGINE_FORMAT if engine not in (None, REFERENCE_ENGINE) else fmt
     batch = manifest.io_of(choose_artifact(export_dir, manifest, precision=precision, fmt=fmt).file)[0].shape[0]
     fixed = batch if isinstance(batch, int) else None
     size = fixed or PREDICT_BATCH

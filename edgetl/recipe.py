@@ -15,12 +15,21 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgetl.errors import BackboneError, RecipeError
+
+# The export vocabulary, written once: the schema validates with these types, and the CLI's choices, export and
+# verify are built from the tuples.
+Precision = Literal["fp32", "fp16", "int8"]  # the first is the reference every other precision is judged against
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+Activations = Literal["auto", "uint8", "int8"]  # INT8 activation type; auto: the faster one on this CPU
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
+ACTIVATIONS: tuple[str, ...] = get_args(Activations)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # a link to the top-level recipes/ folder; shipped as package data
 
@@ -133,10 +142,10 @@ class ExportSection(_Strict):
 
     # names of edgetl.formats (checked against the registry before any work); None: onnx and torchscript
     formats: list[str] | None = Field(None, min_length=1)
-    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    calibration: CalibrationMethod = "minmax"
     calibration_images: int = Field(200, ge=1, le=10_000)  # train images, a seeded draw over classes
-    activations: Literal["auto", "uint8", "int8"] = "auto"  # INT8 activation type; auto: the faster one here
+    activations: Activations = "auto"
 
 
 class Recipe(_Strict):

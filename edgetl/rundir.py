@@ -17,14 +17,15 @@ import platform
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
-from edgetl import __version__, files
+from edgetl import files
 from edgetl.errors import RecipeError, RunDirError
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe, parse_recipe
+from edgetl.version import __version__
 
 SCHEMA_VERSION = 1
 STAGES = ("train", "export", "verify")
@@ -70,6 +71,16 @@ class RunDir:
 class _Schema(BaseModel):
     # Unknown keys are kept (a newer edgetl of the same schema version may add some) and written back.
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # Optional fields left out of the JSON when unset, so files read as they did before those fields existed
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.OMIT_IF_NONE:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class _Versioned(_Schema):
@@ -89,7 +100,7 @@ class CheckpointMeta(_Versioned):
     recipe: dict[str, Any]
     recipe_sha256: str | None = None
     lora: dict[str, Any] | None = None
-    # best.pt: the epoch it was taken at; last.pt carries its resume state instead (edgetl.train.state)
+    # best.pt: the epoch it was taken at; last.pt carries its resume state instead (edgetl.training.state)
     epoch: int | None = None
     val_acc: float | None = None
     val_loss: float | None = None
@@ -188,13 +199,7 @@ class TensorSpec(_Schema):
     scale: float | None = None
     zero_point: int | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        for key in ("scale", "zero_point"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    OMIT_IF_NONE = ("scale", "zero_point")
 
 
 class ExportedFrom(_Schema):
@@ -213,12 +218,7 @@ class ModelFacts(_Schema):
     fold_max_abs_diff: float | None = None
     norms_kept: str | None = None  # a model without BatchNorm: its LayerNorm / GroupNorm layers, exported as they are
 
-    @model_serializer(mode="wrap")
-    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("norms_kept") is None:  # BatchNorm models say nothing, as manifests before it existed
-            data.pop("norms_kept", None)
-        return data
+    OMIT_IF_NONE = ("norms_kept",)  # BatchNorm models say nothing, as manifests before it existed
 
 
 class ArtifactEntry(_Schema):
@@ -241,13 +241,7 @@ class ArtifactEntry(_Schema):
     # ONNX: the exporter's opset, what the portable rewrite changed, and what no engine-safe form exists for
     portable: dict[str, Any] | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        for key in ("opset", "quantization", "runtime", "versions", "input", "output", "delegation", "portable"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    OMIT_IF_NONE = ("opset", "quantization", "runtime", "versions", "input", "output", "delegation", "portable")
 
 
 class FileEntry(_Schema):
@@ -273,12 +267,7 @@ class Manifest(_Versioned):
     artifacts: list[ArtifactEntry]
     card: FileEntry | None = None  # MODEL_CARD.md (edgetl.card); exports before 0.2 have none
 
-    @model_serializer(mode="wrap")
-    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("card") is None:
-            data.pop("card", None)
-        return data
+    OMIT_IF_NONE = ("card",)
 
     @property
     def listed(self) -> list[ArtifactEntry | FileEntry]:
@@ -316,11 +305,11 @@ class VerifyReport(_Versioned):
     passed: bool | None = None
     failures: list[str] = []
     warnings: list[str] = []
-    checks: list[dict[str, Any]] = []  # edgetl.verify.gate.Check as a dict
+    checks: list[dict[str, Any]] = []  # edgetl.compare.gate.Check as a dict
     bars: dict[str, Any] = {}
     inputs: dict[str, Any] | None = None
     reference: dict[str, Any] | None = None
-    parity: dict[str, dict[str, Any] | None] = {}  # file -> edgetl.verify.parity.compare_logits figures
+    parity: dict[str, dict[str, Any] | None] = {}  # file -> edgetl.compare.parity.compare_logits figures
     # file (and the checkpoint) -> its per-class results on the labelled verify images; none without labels
     per_class: dict[str, PerClass] = {}
     latency: list[dict[str, Any]] = []  # edgetl.verify.latency.Timing rows

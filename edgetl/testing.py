@@ -16,12 +16,12 @@ from torch import nn
 
 from edgetl import files
 from edgetl.backbones import create_model, get_backbone
+from edgetl.model.checkpoint import save_checkpoint
 from edgetl.preprocessing import Preprocessing, preprocess_image
 from edgetl.recipe import parse_recipe
 from edgetl.rundir import CheckpointMeta, RunDir
-from edgetl.train.checkpoint import save_checkpoint
-from edgetl.train.epoch import Callbacks
-from edgetl.train.state import Best, TrainState
+from edgetl.training.epoch import Callbacks
+from edgetl.training.state import Best, TrainState
 
 
 @torch.no_grad()
@@ -106,8 +106,8 @@ def make_run(root: Path, *, backbone: str = "mobilenet_v3_small", num_classes: i
         fit_head(model, *labelled)
     lora_config = None
     if recipe.lora is not None:
-        from edgetl.train.lora import inject_lora, lora_parameters
-        from edgetl.train.phases import lora_config as make_config
+        from edgetl.model.lora import inject_lora, lora_parameters
+        from edgetl.training.phases import lora_config as make_config
 
         lora_config = make_config(recipe.lora, model, bb.groups(model))
         inject_lora(model, lora_config)

@@ -6,12 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from edgetl.data.sample import make_image_folder
 from edgetl.recipe import load_recipe
 from edgetl.rundir import RunDir
 from edgetl.testing import make_run
-from edgetl.train.sample import make_image_folder
 
 # The seed of the generated data and of the models that lossy-precision tests judge: `EDGETL_TEST_SEED=1 make
 # test` re-runs them on other images and weights, so a test that holds only for one seed's rounding shows up.
@@ -86,9 +88,9 @@ def straight(tiny, tmp_path_factory):
     data, recipe_path = tiny
     recipe = load_recipe(str(recipe_path), overrides={"data": str(data)})
     run = tmp_path_factory.mktemp("straight")
-    from edgetl.train import train
+    from edgetl.training import train_run
 
-    train(recipe, run_dir=run, device="cpu")
+    train_run(recipe, run_dir=run, device="cpu")
     return recipe, run
 
 
@@ -121,3 +123,16 @@ def exported_both(tmp_path_factory):
 def exported_both_copy(exported_both, tmp_path):
     """A copy to damage."""
     return shutil.copytree(exported_both, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A folder per class of a fake run (class_0..2), three small noise images each (verify and data tests)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"class_{c}").mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 256, (40 + i, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return root

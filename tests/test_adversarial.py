@@ -155,7 +155,7 @@ def test_batch_size_one_trains_every_image(tmp_path):
     import torch
 
     from edgetl.preprocessing import Preprocessing
-    from edgetl.train.epoch import Batcher, steps_per_epoch
+    from edgetl.training.epoch import Batcher, steps_per_epoch
 
     prep = Preprocessing(crop_size=8, resize_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
     data = Batcher(torch.zeros(5, 3, 8, 8, dtype=torch.uint8), torch.arange(5), prep, torch.device("cpu"))
@@ -330,14 +330,14 @@ def cut_run(tiny, tmp_path):
     """A tiny run stopped after its first epoch, trained on a relative data path from tmp_path."""
     from edgetl.recipe import load_recipe
     from edgetl.testing import StopAfterEpoch
-    from edgetl.train import train
+    from edgetl.training import train_run
 
     data, recipe = tiny
     shutil.copytree(data, tmp_path / "data")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         with pytest.raises(KeyboardInterrupt):
-            train(load_recipe(str(recipe), overrides={"data": "data"}), run_dir=tmp_path / "cut", device="cpu",
+            train_run(load_recipe(str(recipe), overrides={"data": "data"}), run_dir=tmp_path / "cut", device="cpu",
                   callbacks=StopAfterEpoch(1))
     return tmp_path / "cut"
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import edgetl
 from edgetl.cli import app
 from edgetl.errors import EdgetlError, RunDirError
-from edgetl.train.checkpoint import load_checkpoint
+from edgetl.model.checkpoint import load_checkpoint
 from edgetl.verify import ChecksFailed
 
 README = Path(__file__).parents[1] / "README.md"
@@ -154,11 +154,11 @@ def test_progress_goes_to_the_hooks_given(readme_run, capsys):
         run.verify(progress="rich")
 
 
-def test_import_edgetl_loads_no_torch_and_edgetl_train_stays_callable():
+def test_import_edgetl_loads_no_torch_and_edgetl_train_is_the_api_function():
     code = ("import sys, edgetl, edgetl.cli\n"
             "assert edgetl.Run and edgetl.load_run and edgetl.Hooks and 'torch' not in sys.modules, 'torch loaded'\n"
-            "import edgetl.train.stage\n"  # binds edgetl.train to the package: still the API's train when called
-            "import inspect; assert callable(edgetl.train) and 'recipe' in inspect.signature(edgetl.train).parameters\n"
-            "from edgetl import train; assert train.train is edgetl.train.stage.train\n")
+            "import edgetl.training.stage\n"  # the training package has its own name: edgetl.train stays the function
+            "import inspect; assert inspect.isfunction(edgetl.train) and edgetl.train.__module__ == 'edgetl.api'\n"
+            "assert 'recipe' in inspect.signature(edgetl.train).parameters\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

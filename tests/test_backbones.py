@@ -113,7 +113,7 @@ def test_bad_backbone_names_are_one_clear_error(name, message):
 
 @pytest.mark.parametrize("name", ["timm:vit_tiny_patch16_224", "torchvision:vit_b_16"])
 def test_vit_position_embeddings_from_another_size_are_resampled(name, tmp_path):
-    from edgetl.train.weights import load_pretrained
+    from edgetl.model.weights import load_pretrained
 
     bb = get_backbone(name)
     native = create_model(bb, num_classes=3, image_size=64)

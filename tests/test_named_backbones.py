@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.train.checkpoint import load_model
-from edgetl.train.sample import make_image_folder
+from edgetl.data.sample import make_image_folder
+from edgetl.model.checkpoint import load_model
 
 runner = CliRunner()
 

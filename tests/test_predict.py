@@ -18,11 +18,11 @@ from edgetl.cli import app
 from edgetl.errors import DataError, RunDirError
 from edgetl.export.stage import export_run
 from edgetl.files import write_json
+from edgetl.model.checkpoint import load_model
 from edgetl.predict import find_export, predict
 from edgetl.preprocessing import preprocess_batch
 from edgetl.rundir import read_json
 from edgetl.testing import make_run
-from edgetl.train.checkpoint import load_model
 
 runner = CliRunner()
 
@@ -126,7 +126,7 @@ def test_a_missing_or_unrunnable_artifact_is_a_run_dir_error(run, photos):
 
 def test_predict_matches_pytorch_on_real_photos(tmp_path):
     """Fine-tune the lite0 quickstart a few steps, export, and classify photos shipped by scikit-image."""
-    from edgetl.train.sample import make_image_folder
+    from edgetl.data.sample import make_image_folder
 
     data = make_image_folder(tmp_path / "data", classes=3, per_class=8, size=64, seed=1)
     run = tmp_path / "run"

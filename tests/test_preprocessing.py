@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from edgetl.backbones import get_backbone
+from edgetl.data.augment import normalize
+from edgetl.data.datasets import load_data
 from edgetl.errors import RunDirError
 from edgetl.preprocessing import Preprocessing, center_crop, preprocess_batch, preprocess_image, resize_shorter_side
-from edgetl.train.data import load_data, normalize
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -24,11 +24,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgetl.cli import app
+from edgetl.data.sample import make_image_folder
 from edgetl.errors import EdgetlError
 from edgetl.files import atomic_path, write_bytes, write_json
+from edgetl.model.checkpoint import load_checkpoint, save_checkpoint
 from edgetl.testing import make_run
-from edgetl.train.checkpoint import load_checkpoint, save_checkpoint
-from edgetl.train.sample import make_image_folder
 
 runner = CliRunner()
 UNICODE_CLASS = "café_☕"

@@ -12,10 +12,10 @@ import torch
 
 from edgetl import rundir
 from edgetl.errors import RunDirError
+from edgetl.model.checkpoint import checkpoint_meta, load_checkpoint
 from edgetl.pipeline import describe, first_unfinished
 from edgetl.preprocessing import Preprocessing
-from edgetl.train.checkpoint import checkpoint_meta, load_checkpoint
-from edgetl.train.state import TrainState
+from edgetl.training.state import TrainState
 
 
 def test_files_from_before_the_schema_load_as_version_1(old_run):

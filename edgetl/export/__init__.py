@@ -8,6 +8,10 @@
     precision.py fp16 / INT8 files from the fp32 ones: calibration, the accuracy guard
 """
 
+# deploy_model: the fold (LoRA merged, BatchNorm folded) of a model that is not in a run directory
+# (benchmarks/bench_engines.py). QuantPlan: the type of export_run's `plan=` argument.
+from edgetl.export.deploy import deploy_model
+from edgetl.export.precision import QuantPlan
 from edgetl.export.stage import export_run
 
-__all__ = ["export_run"]
+__all__ = ["QuantPlan", "deploy_model", "export_run"]

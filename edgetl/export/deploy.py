@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgetl.errors import ExportError
-from edgetl.train.lora import count_lora, merge_lora
+from edgetl.model.lora import count_lora, merge_lora
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from edgetl import __version__
 from edgetl.export.deploy import DeployReport
 from edgetl.formats.base import ExportMeta
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, ExportedFrom, Manifest, ModelFacts, package_versions
+from edgetl.version import __version__
 
 VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript")
 

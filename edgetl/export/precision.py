@@ -26,19 +26,18 @@ from typing import Any
 import numpy as np
 
 from edgetl import files
+from edgetl.compare.gate import BARS
+from edgetl.compare.parity import PARITY_BATCH, compare_logits, run_batched
+from edgetl.data.inputs import Inputs, calibration_images, gather_inputs
 from edgetl.errors import EdgetlError
 from edgetl.export.manifest import Written
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Source
-from edgetl.formats.onnx_precision import CALIBRATION_METHODS
 from edgetl.preprocessing import Preprocessing
-from edgetl.verify.gate import BARS
-from edgetl.verify.inputs import Inputs, calibration_images, gather_inputs
-from edgetl.verify.parity import PARITY_BATCH, compare_logits, run_batched
+from edgetl.recipe import ACTIVATIONS, CALIBRATION_METHODS, PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 GUARD_ROUNDS = 6  # quantize, then the ends float, then GUARD_STEP more nodes per round
 GUARD_STEP = 2
 MAX_FLOAT_FRACTION = 0.1  # of the graph's nodes: beyond it the INT8 file is mostly float, and slow
@@ -58,8 +57,8 @@ class QuantPlan:
     def validate(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise EdgetlError(f"unknown calibration method {self.method!r}; known: {', '.join(CALIBRATION_METHODS)}")
-        if self.activations not in ("auto", "uint8", "int8"):
-            raise EdgetlError(f"unknown INT8 activation type {self.activations!r}; known: auto, uint8, int8")
+        if self.activations not in ACTIVATIONS:
+            raise EdgetlError(f"unknown INT8 activation type {self.activations!r}; known: {', '.join(ACTIVATIONS)}")
         if not 1 <= self.calibration_images <= 10_000:
             raise EdgetlError(f"calibration images must be in [1, 10000] (got {self.calibration_images})")
 
@@ -71,8 +70,9 @@ def check_precisions(formats: list[str], precisions: list[str]) -> None:
             raise EdgetlError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         if not any(precision in FORMATS[f].all_precisions for f in formats):
             able = [f for f in FORMATS if precision in FORMATS[f].all_precisions]
+            fix = f"add --format {able[0]}" if able else "drop it"
             raise EdgetlError(f"--precision {precision} is made by {', '.join(able) or 'no format'}, not by "
-                              f"{', '.join(formats)} — add --format {able[0] if able else 'onnx'}")
+                              f"{', '.join(formats)} — {fix}")
 
 
 def derive_precision(fmt_name: str, precision: str, source: Source, folder: Path, *, run_dir: Path,

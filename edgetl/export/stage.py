@@ -25,15 +25,15 @@ from torch import nn
 
 from edgetl import files, rundir
 from edgetl.card import CARD, render_card, write_card
+from edgetl.data.inputs import gather_inputs
 from edgetl.errors import EdgetlError, ExportError, RunDirError, describe_error
 from edgetl.export.deploy import DeployReport, deploy_model
 from edgetl.export.manifest import Written, build_manifest
 from edgetl.export.precision import QuantPlan, check_precisions, derive_precision
-from edgetl.formats import FORMATS, resolve_formats
+from edgetl.formats import DEFAULT_FORMATS, FORMATS, resolve_formats
 from edgetl.formats.base import ExportMeta, Source
+from edgetl.model.checkpoint import check_belongs, checkpoint_meta, load_model
 from edgetl.rundir import CheckpointMeta, Manifest, RunDir
-from edgetl.train.checkpoint import check_belongs, checkpoint_meta, load_model
-from edgetl.verify.inputs import gather_inputs
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployRe
     return deployed, report
 
 
-def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"), opset: int | None = None,
+def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS), opset: int | None = None,
                batch: int | None = None, checkpoint: str = "best", out: Path | None = None,
                precisions: Sequence[str] = ("fp32",), plan: QuantPlan = QuantPlan()) -> ExportResult:
     """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export.
@@ -234,8 +234,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = ("onnx", "torchscript"
     example = x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
 
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-        files.make_dir_like_mkdir(tmp)
+        tmp = files.make_temp_dir(out, prefix=f"{out.name}.tmp-")
     except OSError as e:
         raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
                           f"folder you can write to") from None

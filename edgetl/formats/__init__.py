@@ -3,6 +3,7 @@
     from edgetl.formats import FORMATS, resolve_formats
     resolve_formats(["all"])   # ["onnx", "torchscript", "executorch", "litert"]
     DEFAULT_FORMATS            # ["onnx", "torchscript"]: those without an optional extra
+    ENGINE_FORMAT              # "onnx": the format the --runtime engines run
 
 Adding a format is adding a module with a `FORMAT` and one line here; export, verify, predict and the CLI's
 `--format` choices follow from the registry. Formats whose runtime is an optional extra (ExecuTorch, LiteRT) are
@@ -33,6 +34,8 @@ for _module in (onnx, torchscript, executorch, litert):  # the order of `--forma
     register(_module.FORMAT)
 
 DEFAULT_FORMATS: list[str] = [name for name, fmt in FORMATS.items() if fmt.extra is None]
+# The format whose files `--runtime openvino|opencv` runs: the engines are ONNX engines.
+ENGINE_FORMAT: str = next(name for name, fmt in FORMATS.items() if fmt.runs_in_engines)
 
 
 def get_format(name: str) -> Format:

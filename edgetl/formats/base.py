@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgetl import __version__
 from edgetl.errors import EdgetlError
+from edgetl.version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -146,6 +146,7 @@ class Format:
     requires: tuple[str, ...] = ()  # the modules that extra provides (probed without importing them)
     packages: tuple[str, ...] = ()  # distributions whose versions the manifest records with each file
     gates_latency: bool = False  # its p50 is the figure `--max-latency-ms` and `--baseline` apply to
+    runs_in_engines: bool = False  # the ONNX engines of edgetl.formats.engines (`--runtime`) run its files too
     check_request: Callable[[ExportMeta], None] = field(default=lambda meta: None)  # refuse bad flags up front
     # The file's own description (`embedded_meta`): labels and preprocessing at least; None when it has none
     read_meta: Callable[[Path], dict[str, Any] | None] = no_meta

@@ -21,18 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgetl.formats.base import (
-    Derivation,
-    ExportMeta,
-    Format,
-    Runner,
-    Signature,
-    Source,
-    embedded_meta,
-    file_batch,
-    fixed_batch_runner,
-    require,
-)
+from edgetl.formats import base
+from edgetl.formats.base import Derivation, ExportMeta, Format, Runner, Signature, Source, embedded_meta, require
 from edgetl.formats.pt2e import annotated, exported, file_example, layer_names, quantize_pt2e
 from edgetl.quiet import quiet, quiet_native
 
@@ -56,7 +46,7 @@ def _lower(module: nn.Module, example: torch.Tensor, path: Path, *, meta: Export
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-    io = meta.io(batch=file_batch(meta))
+    io = meta.io(batch=base.file_batch(meta))
     described = {**meta.describe(precision), "labels": meta.labels, "preprocessing": meta.preprocessing, **io}
     with torch.no_grad():
         program = torch.export.export(module, (example,))
@@ -84,7 +74,7 @@ def _delegation(edge: Any) -> dict[str, Any]:
 
 def write_executorch(model: nn.Module, example: torch.Tensor, path: Path, *, meta: ExportMeta) -> dict[str, Any]:
     """A .pte lowered to XNNPACK at the file's batch, describing itself."""
-    return _lower(model, example[:file_batch(meta)], path, meta=meta, precision="fp32")
+    return _lower(model, example[:base.file_batch(meta)], path, meta=meta, precision="fp32")
 
 
 def _runtime() -> tuple[Any, Any, Any]:
@@ -133,7 +123,7 @@ def load_executorch(path: Path, *, threads: int | None = None) -> Runner:
     def run_fixed(x: np.ndarray) -> np.ndarray:
         return method.execute([torch.from_numpy(x)])[0].numpy().copy()  # the output buffer is reused per call
 
-    return Runner(run=fixed_batch_runner(run_fixed, inputs[0].shape[0]), inputs=inputs, outputs=outputs)
+    return Runner(run=base.fixed_batch_runner(run_fixed, inputs[0].shape[0]), inputs=inputs, outputs=outputs)
 
 
 def _signature(tensor: Any) -> Signature:

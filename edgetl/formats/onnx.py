@@ -106,5 +106,6 @@ def read_onnx_meta(path: Path) -> dict[str, Any] | None:
 
 
 FORMAT = Format(name="onnx", file="model.onnx", write=write_onnx, load=load_onnx, runtime="onnxruntime (CPU)",
-                packages=("onnx", "onnxruntime"), gates_latency=True, check_request=check_request,
+                packages=("onnx", "onnxruntime"), gates_latency=True, runs_in_engines=True,
+                check_request=check_request,
                 read_meta=read_onnx_meta, derive={"int8": INT8, "fp16": FP16})

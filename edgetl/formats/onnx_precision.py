@@ -25,7 +25,6 @@ import numpy as np
 from edgetl.formats.base import INPUT_NAME, Derivation, Source
 from edgetl.quiet import quiet
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 8
 
 

@@ -5,7 +5,7 @@
 The deploy model is exported with `torch.export`, annotated by the runtime's own quantizer (ExecuTorch's
 XNNPACKQuantizer, litert-torch's PT2EQuantizer: static, symmetric int8 weights per output channel, int8
 activations), observed on the calibration images (the train-split draw the ONNX INT8 file is calibrated on,
-`edgetl.verify.inputs.calibration_images`), and converted to quantize / dequantize pairs that each converter
+`edgetl.data.inputs.calibration_images`), and converted to quantize / dequantize pairs that each converter
 lowers into integer kernels. The accuracy guard keeps layers float by their module name (`ends`: the first
 convolution and the classifier).
 """

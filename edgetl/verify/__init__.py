@@ -3,14 +3,16 @@
     from edgetl.verify import VerifySettings, verify_run
 
     stage.py    verify_run: the checks in order, verify.json
-    gate.py     checks, bars per precision, the gate that collects them
-    inputs.py   real images preprocessed from the manifest alone, plus noise (export's fold check uses them
-                too); train images for INT8 calibration
-    parity.py   names, then shapes, then values of one file against the checkpoint's logits
     latency.py  honest timing, the machine's fingerprint, latency bars and regressions
     decide.py   the go/no-go per fp16 / int8 file: speed-up, size, accuracy, one word
+
+The inputs it checks with are edgetl/data/inputs.py; the figures and bars, edgetl/compare/.
 """
 
+# Verify's honest timing and the machine it ran on, for figures meant to be compared with verify's own (the
+# benchmarks): TimingPlan is also the type of VerifySettings.timing.
+from edgetl.verify.latency import TimingPlan, all_threads, machine_fingerprint, time_runner
 from edgetl.verify.stage import ChecksFailed, VerifyResult, VerifySettings, verify_run
 
-__all__ = ["ChecksFailed", "VerifyResult", "VerifySettings", "verify_run"]
+__all__ = ["ChecksFailed", "TimingPlan", "VerifyResult", "VerifySettings", "all_threads", "machine_fingerprint",
+           "time_runner", "verify_run"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgetl.compare.gate import Gate
 from edgetl.formats import FORMATS
 from edgetl.rundir import Manifest, VerifyReport
-from edgetl.verify.gate import Gate
 
 MIN_SPEEDUP = 1.2  # below this an INT8 file's accuracy risk buys too little
 

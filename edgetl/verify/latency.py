@@ -31,10 +31,10 @@ import numpy as np
 import psutil
 import torch
 
+from edgetl.compare.gate import Gate
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Runner, torch_runner
 from edgetl.rundir import ArtifactEntry, VerifyReport, damaged
-from edgetl.verify.gate import Gate
 
 MEMORY_METHOD = "psutil RSS growth, sampled after creating the runner and after the timed calls"
 CLOCK = "time.perf_counter_ns, per call, warm-up excluded"
@@ -200,7 +200,7 @@ def _cpuinfo() -> dict[str, str]:
 def load_eager(path: Path, *, threads: int | None = None) -> Runner:
     """The trained checkpoint as PyTorch runs it: unfolded (LoRA unmerged, BN separate), eval, fp32 — the
     reference for parity and the baseline for speed-ups."""
-    from edgetl.train.checkpoint import load_model
+    from edgetl.model.checkpoint import load_model
 
     model, _ = load_model(path)
     return torch_runner(model)

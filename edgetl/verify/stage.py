@@ -21,20 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import __version__, rundir
+from edgetl import rundir
 from edgetl.card import render_card, write_card
+from edgetl.compare.gate import BARS, Bars, Check, Gate
+from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched
 from edgetl.confusion import per_class, plot_confusion, same_figures
+from edgetl.data.inputs import Inputs, gather_inputs
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import torch_runner
-from edgetl.formats.engines import ENGINES, engine_version, load_engine, require_engine
+from edgetl.formats.engines import ENGINES, REFERENCE_ENGINE, engine_version, load_engine, require_engine
 from edgetl.formats.onnx_portable import check_portable
+from edgetl.model.checkpoint import checkpoint_meta, load_model
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, Manifest, RunDir, VerifyReport
-from edgetl.train.checkpoint import checkpoint_meta, load_model
 from edgetl.verify.decide import go_no_go
-from edgetl.verify.gate import BARS, Bars, Check, Gate
-from edgetl.verify.inputs import Inputs, gather_inputs
 from edgetl.verify.latency import (
     TimingPlan,
     all_threads,
@@ -43,13 +44,12 @@ from edgetl.verify.latency import (
     machine_fingerprint,
     measure_latency,
 )
-from edgetl.verify.parity import PARITY_BATCH, accuracy, check_parity, run_batched
+from edgetl.version import __version__
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 MAX_LATENCY_SECONDS = 600.0  # per timed setting: a bar a CI job can wait for
-ONNX_FORMAT = "onnx"  # the format the --runtime engines run: they are ONNX engines
 MAX_BATCH = 1024  # latency of a bigger batch says nothing a device needs, and its input alone takes GBs
 # what the report records the versions of: edgetl's own stack, then every format's writer and runtime
 _VERSIONED = tuple(dict.fromkeys(("edgetl", "torch", "onnx", "onnxruntime", "numpy", "pillow",
@@ -69,7 +69,7 @@ class VerifySettings:
     baseline: Path | None = None
     max_regression: float = 0.10
     threads: tuple[int, ...] | None = None  # None: 1 and all cores
-    runtimes: tuple[str, ...] = ("onnxruntime",)  # the engines the ONNX files must run right in (--runtime)
+    runtimes: tuple[str, ...] = (REFERENCE_ENGINE,)  # the engines the ONNX files must run right in (--runtime)
     timing: TimingPlan = field(default_factory=TimingPlan)
 
     def validate(self) -> None:
@@ -105,7 +105,7 @@ class VerifySettings:
     @property
     def other_engines(self) -> list[str]:
         """The engines besides onnxruntime (which runs every ONNX file as its format's own runtime)."""
-        return [name for name in dict.fromkeys(self.runtimes) if name != "onnxruntime"]
+        return [name for name in dict.fromkeys(self.runtimes) if name != REFERENCE_ENGINE]
 
 
 @dataclass
@@ -247,7 +247,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         report.parity[name] = figures
         if figures is not None:
             runnable.append(artifact)
-    for artifact in [a for a in runnable if a.format == ONNX_FORMAT]:
+    for artifact in [a for a in runnable if _in_engines(a)]:
         _check_engines(run, manifest, artifact, settings, gate, report, inputs=inputs, reference=ref_logits,
                        progress=progress, keep_logits=logits)
     for name, out in logits.items():  # per class on the labelled verify images: the checkpoint, then each file
@@ -307,6 +307,12 @@ def _plot_per_class(run: RunDir, report: VerifyReport) -> None:
         return
     plot_confusion([(" = ".join(names), figures) for names, figures in same_figures(report.per_class)],
                    run.verify_confusion)
+
+
+def _in_engines(artifact: ArtifactEntry) -> bool:
+    """Whether the --runtime engines run this file (its format says so)."""
+    fmt = FORMATS.get(artifact.format)
+    return fmt is not None and fmt.runs_in_engines
 
 
 def engine_row(file: str, engine: str) -> str:
@@ -390,7 +396,7 @@ def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntr
     batches = [static] if static else sorted({1, settings.batch or 1})
     hw = tuple(d if isinstance(d, int) else crop for d in shape[2:4])
     threads = sorted(set(settings.threads or (1, all_threads())))
-    engines = [(engine, a) for a in artifacts if a.format == ONNX_FORMAT for engine in settings.other_engines
+    engines = [(engine, a) for a in artifacts if _in_engines(a) for engine in settings.other_engines
                if report.parity.get(engine_row(a.file, engine)) is not None]  # only where it ran the file
     report.latency = measure_latency(artifacts, export_dir=run.export_dir, checkpoint=checkpoint, input_hw=hw,
                                      batches=batches, threads=threads, plan=settings.timing, progress=progress,
@@ -407,7 +413,7 @@ def _bars(artifact: ArtifactEntry, settings: VerifySettings, gate: Gate) -> Bars
     """The precision's bars; --atol applies where the precision has an absolute bar, --min-top1 to all."""
     if artifact.precision not in BARS:
         gate.check(artifact.file, "values", "precision with bars", artifact.precision, "==", " | ".join(BARS),
-                   detail=f"no bars are defined for {artifact.precision}; add them to edgetl.verify.gate.BARS")
+                   detail=f"no bars are defined for {artifact.precision}; add them to edgetl.compare.gate.BARS")
         return None
     default = BARS[artifact.precision]
     return dataclasses.replace(

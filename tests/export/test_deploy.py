@@ -14,8 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from edgetl.backbones import BACKBONES
 from edgetl.errors import ExportError
 from edgetl.export.deploy import count_bn, deploy_model
+from edgetl.model.checkpoint import load_model
 from edgetl.testing import make_run
-from edgetl.train.checkpoint import load_model
 
 ATOL = 1e-4  # per unit of logit scale (see export.FOLD_ATOL)
 
@@ -101,7 +101,7 @@ def test_the_input_model_keeps_its_mode_and_weights():
 
 
 def test_lora_adapters_are_merged_before_folding(checkpoint_model):
-    from edgetl.train.lora import LoraConfig, count_lora, inject_lora, lora_parameters
+    from edgetl.model.lora import LoraConfig, count_lora, inject_lora, lora_parameters
 
     model = checkpoint_model("mobilenet_v3_small")
     names = inject_lora(model, LoraConfig(rank=2, alpha=4, targets=["pointwise"]))

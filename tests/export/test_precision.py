@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from edgetl.cli import app
+from edgetl.compare.gate import Bars
 from edgetl.export import export_run
 from edgetl.export import precision as precision_module
 from edgetl.export.precision import QuantPlan
 from edgetl.verify.decide import MIN_SPEEDUP, _decide
-from edgetl.verify.gate import Bars
 
 runner = CliRunner()
 FAST = ["--latency-seconds", "0.01", "--threads", "1", "--samples", "8"]

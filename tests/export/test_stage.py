@@ -26,16 +26,16 @@ from typer.testing import CliRunner
 
 from edgetl.backbones import BACKBONES
 from edgetl.cli import app
+from edgetl.data.inputs import gather_inputs
 from edgetl.errors import ExportError
 from edgetl.export.stage import export_run
 from edgetl.files import write_json
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Format
+from edgetl.model.checkpoint import load_model
 from edgetl.preprocessing import Preprocessing, preprocess_batch
 from edgetl.rundir import read_json
 from edgetl.testing import make_run
-from edgetl.train.checkpoint import load_model
-from edgetl.verify.inputs import gather_inputs
 
 ATOL = 1e-4  # per unit of logit scale (export.FOLD_ATOL): fp32 rounding alone exceeds 1e-4 absolute on b0
 MANIFEST_KEYS = ["schema_version", "edgetl_version", "created", "run", "labels", "preprocessing", "input", "output", "model",
@@ -236,7 +236,7 @@ def test_a_failed_reexport_leaves_the_previous_one_intact(fake_run, monkeypatch)
 
 @pytest.mark.filterwarnings("ignore:.torch.jit.load. is deprecated:FutureWarning")
 def test_a_lora_run_exports_with_its_adapters_merged(fake_run):
-    from edgetl.train.lora import LoraConfig, inject_lora, lora_parameters
+    from edgetl.model.lora import LoraConfig, inject_lora, lora_parameters
 
     run = fake_run()
     best = run / "checkpoints" / "best.pt"

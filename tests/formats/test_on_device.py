@@ -16,13 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edgetl.cli import app
+from edgetl.data.sample import make_image_folder
 from edgetl.errors import EdgetlError
 from edgetl.export import export_run
 from edgetl.export.precision import QuantPlan
 from edgetl.formats import FORMATS
 from edgetl.rundir import read_manifest
 from edgetl.testing import make_run
-from edgetl.train.sample import make_image_folder
 
 ON_DEVICE = ("executorch", "litert")
 FAST = ["--latency-seconds", "0.02", "--threads", "1", "--samples", "8"]

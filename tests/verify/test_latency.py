@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from edgetl.compare.gate import Gate
 from edgetl.rundir import VerifyReport
-from edgetl.verify.gate import Gate
 from edgetl.verify.latency import (
     TimingPlan,
     check_regression,

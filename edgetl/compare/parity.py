@@ -1,0 +1,140 @@
+"""Parity: how far an exported model's logits are from the checkpoint's, on the same inputs.
+
+    figures = check_parity(runner, manifest, "model.onnx", gate, inputs=inputs, reference=ref_logits, bars=bars)
+
+Names, then shapes, then values, one check each (optimum's `validate_model_outputs` order); the figures
+come from `compare_logits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgetl.compare.gate import Bars, Gate
+from edgetl.data.inputs import Inputs
+from edgetl.errors import describe_error
+from edgetl.formats.base import Runner
+from edgetl.rundir import Manifest
+
+PARITY_BATCH = 16  # images per call when the export has a dynamic batch: bounded memory at any input size
+
+
+def compare_logits(reference: np.ndarray, logits: np.ndarray, *, targets: np.ndarray) -> dict[str, Any]:
+    """Every parity figure of `logits` against `reference` ([N, classes]); accuracy on rows with a target >= 0."""
+    ref, out = reference.astype(np.float64), logits.astype(np.float64)
+    diff = np.abs(out - ref)
+    # Relative to each row's largest reference logit: elementwise |d| / |ref| explodes on logits near zero.
+    scale = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float32).tiny)
+    k = min(5, ref.shape[1])
+    top_ref, top_out = np.argsort(-ref, axis=1)[:, :k], np.argsort(-out, axis=1)[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_out)]
+    return {
+        "inputs": int(ref.shape[0]),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_rel_diff": float((diff.max(axis=1) / scale).max()),
+        "softmax_max_diff": float(np.abs(softmax(out) - softmax(ref)).max()),
+        "top1_agreement": float((top_ref[:, 0] == top_out[:, 0]).mean()),
+        "top5_overlap": float(np.mean(overlap)),
+        "top5_k": k,
+        "accuracy": accuracy(logits, targets),
+        "reference_accuracy": accuracy(reference, targets),
+    }
+
+
+def run_batched(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, batch: int,
+                static: bool = False) -> np.ndarray:
+    """Logits for every row of `x`, `batch` rows per call; with a `static` batch the last call is zero-padded."""
+    out = []
+    for start in range(0, len(x), batch):
+        part = x[start:start + batch]
+        n = len(part)
+        if static and n < batch:
+            part = np.concatenate([part, np.zeros((batch - n, *part.shape[1:]), dtype=part.dtype)])
+        out.append(np.asarray(runner(np.ascontiguousarray(part)))[:n])
+    return np.concatenate(out)
+
+
+def accuracy(logits: np.ndarray, targets: np.ndarray) -> float | None:
+    """Top-1 accuracy over the rows with a target (>= 0); None when no row has one."""
+    labelled = targets >= 0
+    return float((logits[labelled].argmax(axis=1) == targets[labelled]).mean()) if labelled.any() else None
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, inputs: Inputs,
+                 reference: np.ndarray, bars: Bars | None,
+                 keep_logits: dict[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+    """Names, then shapes, then values of one artifact against the reference logits. The file is held to its own
+    tensors where its manifest entry lists them (a batch-1 ExecuTorch file, a full-integer TFLite file), else to
+    the manifest's. The logits of a file that ran go to `keep_logits[name]` (verify's per-class figures)."""
+    want_in, want_out = manifest.io_of(name)
+    if runner.inputs is not None:  # the format declares its graph signature: compare it with the manifest
+        if not (gate.check(name, "names", "input count", len(runner.inputs), "==", 1)
+                & gate.check(name, "names", "output count", len(runner.outputs), "==", 1)):
+            return None
+        got_in, got_out = runner.inputs[0], runner.outputs[0]
+        ok = True
+        if got_in.name is not None:  # a .pte names no tensors
+            ok &= gate.check(name, "names", "input name", got_in.name, "==", want_in.name)
+            ok &= gate.check(name, "names", "output name", got_out.name, "==", want_out.name)
+        ok &= gate.check(name, "shapes", "input dtype", got_in.dtype, "==", want_in.dtype)
+        ok &= gate.check(name, "shapes", "output dtype", got_out.dtype, "==", want_out.dtype)
+        ok &= gate.check(name, "shapes", "input shape", _dims(got_in.shape), "==", _dims(want_in.shape))
+        ok &= gate.check(name, "shapes", "output shape", _dims(got_out.shape), "==", _dims(want_out.shape))
+        for which, got, want in (("input", got_in, want_in), ("output", got_out, want_out)):
+            if got.scale is not None or want.scale is not None:  # what a device quantizes with must be the file's
+                ok &= gate.check(name, "shapes", f"{which} scale, zero point", [got.scale, got.zero_point], "==",
+                                 [want.scale, want.zero_point])
+        if not ok:
+            return None
+    static = want_in.shape[0] if isinstance(want_in.shape[0], int) else None
+    try:
+        logits = run_batched(runner, inputs.x, batch=static or PARITY_BATCH, static=static is not None)
+    except Exception as e:  # noqa: BLE001 — any runtime error is this artifact's failure, reported with the rest
+        gate.check(name, "shapes", "runs on the inputs", describe_error(e), "==", "ok")
+        return None
+    if not gate.check(name, "shapes", "logits shape", list(logits.shape), "==", list(reference.shape)):
+        return None
+    if keep_logits is not None:
+        keep_logits[name] = logits
+    figures = compare_logits(reference, logits, targets=inputs.targets)
+    real = int(inputs.info.get("images", 0))
+    if bars is not None and bars.atol is None and real:
+        # A lossy precision is judged on the real images: INT8 is calibrated on photos, and noise tensors far
+        # outside its ranges say nothing about the deployed model (fp32 must match everywhere, noise included).
+        figures["judged_on"] = f"{real} real images"
+        figures.update({k: v for k, v in compare_logits(reference[:real], logits[:real], targets=inputs.targets[:real]
+                                                        ).items() if k in ("max_rel_diff", "top1_agreement")})
+    if bars is not None:
+        if bars.atol is not None:
+            # fp32 rounding grows with the values summed: the bar is `atol` on logits up to 1 and scales with the
+            # reference's largest |logit| beyond (a net whose logits reach 500 differs by ~1e-5 relative in
+            # every runtime); top-1 agreement stays exact.
+            scale = max(1.0, float(np.abs(reference).max()))
+            figures["atol_bar"] = bars.atol * scale
+            gate.check(name, "values", "max abs diff", figures["max_abs_diff"], "<=", bars.atol * scale,
+                       detail="" if scale == 1.0 else f"{bars.atol:g} × the largest |logit| {scale:.3g}")
+        if bars.rtol is not None:
+            gate.check(name, "values", "max diff / logit scale", figures["max_rel_diff"], "<=", bars.rtol)
+        gate.check(name, "values", "top-1 agreement", figures["top1_agreement"], ">=", bars.min_top1, unit="%")
+        if bars.max_accuracy_drop is not None and figures["accuracy"] is not None:
+            drop = figures["reference_accuracy"] - figures["accuracy"]
+            gate.check(name, "values", "accuracy drop", drop, "<=", bars.max_accuracy_drop, unit="%",
+                       detail=f"{100 * figures['accuracy']:.1f} % vs {100 * figures['reference_accuracy']:.1f} % "
+                              f"for the checkpoint on {int((inputs.targets >= 0).sum())} labelled images")
+    return figures
+
+
+def _dims(shape: Sequence[Any]) -> list[Any]:
+    """Fixed dims as ints, symbolic ones as "dynamic": exporters name a dynamic dim as they like."""
+    return [d if isinstance(d, int) else "dynamic" for d in shape]
+
+

@@ -1,0 +1,224 @@
+"""The one image-folder walker, and listing and splitting a folder of class folders: the rules every stage uses.
+
+    files, skipped = list_classes(Path("photos/train"), root=Path("photos"))   # {class: [relative paths]}
+
+What counts as an image candidate is decided here alone: any file with PIL's extensions (or none), not empty,
+not a dot-file or OS litter; folder links stay inside the data and are entered once. Decoding decides the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import stat
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from edgetl.errors import DataError
+from edgetl.images import stat_reason
+
+log = logging.getLogger(__name__)
+
+IGNORED = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # with dot-files: OS and archiver litter, never data
+WORKERS = 2  # hashing and decoding threads: I/O and PIL release the GIL
+
+Entry = list  # [relpath or "train/<index>", class name]: the JSON-able unit of split.json
+
+
+def list_folder(root: Path, *, seed: int, val_fraction: float, subset: int | None,
+                 split: dict[str, Any] | None, source: str) -> tuple[list[str], list[Entry], list[Entry],
+                                                                       list[tuple[str, str]], dict[str, Any]]:
+    """Classes, train and val entries, skipped files and the split.json record of an existing folder `root`:
+    `train/` + `val/` as they are, else class folders split per class (or `split` replayed on a resume)."""
+    skipped: list[tuple[str, str]] = []
+    if split is not None:  # a resume: the saved lists, not a new listing
+        classes = list(split.get("classes") or sorted({c for _, c in split["train"]}))
+        if split.get("fingerprint") not in (None, fingerprint(root, split["train"] + split["val"])):
+            log.warning("%s: images the run trains on changed since it started (modified, replaced or removed); "
+                        "the resumed run uses them as they are now", root)
+        return classes, split["train"], split["val"], skipped, dict(split)
+    presplit = (root / "train").is_dir() and (root / "val").is_dir()
+    if presplit:
+        train_files, skipped = list_classes(root / "train", root=root)
+        val_files, val_skipped = list_classes(root / "val", root=root)
+        skipped += val_skipped
+        extra = sorted(set(val_files) - set(train_files))
+        if extra:
+            raise DataError(f"{root / 'val'}: class folder(s) {', '.join(extra)} are not in {root / 'train'} — "
+                            f"every val class needs train images: add them or remove those folders")
+        classes = check_classes(train_files, where=root / "train")
+        train = [[(Path("train") / c / f).as_posix(), c] for c in classes for f in train_files[c]]
+        val = [[(Path("val") / c / f).as_posix(), c] for c in sorted(val_files) for f in val_files[c]]
+    else:
+        files, skipped = list_classes(root, root=root)
+        classes = check_classes(files, where=root)
+        train, val = split_classes(files, seed=seed, val_fraction=val_fraction, where=root)
+    if subset is not None:
+        train = [train[i] for i in stratified_first([c for _, c in train], subset)]
+        val = [val[i] for i in stratified_first([c for _, c in val], max(len(classes), subset // 5))]
+    split = {"source": source, "root": str(root.resolve()), "layout": "train/val" if presplit else "split",
+             "seed": seed, "val_fraction": None if presplit else val_fraction, "subset": subset,
+             "classes": classes, "train": train, "val": val, "fingerprint": fingerprint(root, train + val)}
+    return classes, train, val, skipped, split
+
+
+def fingerprint(root: Path, entries: list[Entry]) -> str:
+    """A digest of the listed files' sizes and modification times: a resume warns when it changed."""
+    h = hashlib.sha256()
+    for entry, _ in entries:
+        try:
+            info = os.stat(root / entry)
+            h.update(f"{entry}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{entry}\tgone\n".encode())
+    return h.hexdigest()
+
+
+def same_content(root: Path, train: list[Entry], val: list[Entry]) -> list[tuple[str, str]]:
+    """(val entry, train entry) pairs whose files are byte-identical: val accuracy would count memorised images.
+
+    By content, not name: a photo copied into two class folders or both splits has different names."""
+    def digest(entry: str) -> str | None:
+        try:
+            with open(root / entry, "rb") as f:
+                return hashlib.file_digest(f, "blake2b").hexdigest()
+        except OSError:
+            return None  # decoding reports it
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        train_digests = dict(zip(pool.map(digest, [e for e, _ in train]), (e for e, _ in train)))
+        val_digests = list(zip(pool.map(digest, [e for e, _ in val]), (e for e, _ in val)))
+    train_digests.pop(None, None)
+    return [(entry, train_digests[d]) for d, entry in val_digests if d in train_digests]
+
+
+def list_classes(folder: Path, *, root: Path) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """{class: [paths relative to the class folder]} for every non-hidden subfolder, and what was skipped."""
+    files: dict[str, list[str]] = {}
+    skipped: list[tuple[str, str]] = []
+    loose = 0
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot list the data folder {folder} ({e.strerror}) — check it exists and is readable") from None
+    for entry in entries:
+        if ignored(entry.name):
+            continue
+        if entry.is_dir():
+            files[entry.name] = [p.relative_to(entry.path).as_posix() for p in walk_images(Path(entry.path), skipped, root=root)]
+        else:
+            loose += 1
+    if loose:
+        log.warning("%s: %d file(s) outside any class folder are ignored", folder, loose)
+    for path, reason in skipped:  # now, so they come before any error about a class left empty
+        log.warning("skipped %s: %s", path, reason)
+    return files, skipped
+
+
+def walk_images(top: Path, skipped: list[tuple[str, str]], *, root: Path) -> list[Path]:
+    """Image candidates under `top` (the one walker: training, calibration and verify all list images here), sorted. Each real folder is entered once, so a symlink loop can't hang;
+    cheap rejections (broken links, empty or non-image files) are appended to `skipped`."""
+    known = set(Image.registered_extensions())
+    seen, stack, found = {os.path.realpath(top)}, [top], []
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((str(folder), f"cannot list folder ({e.strerror})"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if ignored(entry.name):
+                continue
+            try:
+                info = entry.stat()  # follows links: linked folders and files are fine, loops are not
+            except OSError as e:
+                skipped.append((str(path), stat_reason(str(path), e)))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                real = os.path.realpath(path)
+                # A link to / would walk the whole disk: folders stay within the data (or the class folder's own
+                # target, when the class folder itself is a link).
+                if not any(Path(real).is_relative_to(os.path.realpath(base)) for base in (root, top)):
+                    skipped.append((str(path), f"folder link out of the data folder (to {real})"))
+                elif real in seen:
+                    skipped.append((str(path), f"symlink loop (folder {real} already visited)"))
+                else:
+                    seen.add(real)
+                    stack.append(path)
+            elif not stat.S_ISREG(info.st_mode):
+                skipped.append((str(path), "not a regular file"))
+            elif path.suffix and path.suffix.lower() not in known:
+                skipped.append((str(path), f"not an image file (extension {path.suffix})"))
+            elif info.st_size == 0:
+                skipped.append((str(path), "empty file (0 bytes)"))
+            else:
+                found.append(path)
+    return sorted(found)
+
+
+def split_classes(files: dict[str, list[str]], *, seed: int, val_fraction: float, where: Path
+           ) -> tuple[list[Entry], list[Entry]]:
+    """Per class: shuffle with a (seed, class) RNG, put round(n * val_fraction) (at least 1) in val."""
+    train: list[Entry] = []
+    val: list[Entry] = []
+    for c in sorted(files):
+        names = sorted(files[c])
+        if len(names) < 2:
+            raise DataError(f"{where / c}: class {c!r} has only 1 image — a split needs 2 or more (one goes to "
+                            f"val): add images, or give train/ and val/ folders")
+        # Seeding per class keeps a class's split unchanged when other classes are added or removed.
+        random.Random(f"{seed}:{c}").shuffle(names)
+        n_val = min(len(names) - 1, max(1, round(len(names) * val_fraction)))
+        val += [[f"{c}/{n}", c] for n in sorted(names[:n_val])]
+        train += [[f"{c}/{n}", c] for n in sorted(names[n_val:])]
+    return train, val
+
+
+def stratified_first(labels: list[str], n: int) -> list[int]:
+    """Indices of n items: the k-th item of every class before any class's (k+1)-th, so classes stay even."""
+    counts: dict[str, int] = {}
+    rank = []  # each item's position within its class
+    for c in labels:
+        rank.append(counts.get(c, 0))
+        counts[c] = rank[-1] + 1
+    return sorted(sorted(range(len(labels)), key=lambda i: (rank[i], labels[i]))[:n])
+
+
+def class_key(name: str) -> str:
+    """What makes two class names the same to a person or another file system: compatibility forms (NFKC:
+    full-width letters), case, invisible format characters (zero-width spaces) and outer spaces."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf").strip()
+
+
+def check_classes(files: dict[str, list[str]], *, where: Path) -> list[str]:
+    seen: dict[str, str] = {}
+    for name in sorted(files):
+        key = class_key(name)
+        if key in seen:
+            raise DataError(f"{where}: class folders {seen[key]!r} and {name!r} differ only by case, Unicode form "
+                            f"or invisible characters — one class on macOS and Windows, two look-alike labels on a "
+                            f"device: merge them or rename one")
+        seen[key] = name
+    if len(files) < 2:
+        found = f" ({', '.join(files)})" if files else ""
+        raise DataError(f"{where}: found {len(files)} class folder(s){found}, need at least 2 — put each class's "
+                        f"images in its own subfolder, e.g. {where / 'cat' / '1.jpg'}")
+    empty = sorted(c for c, names in files.items() if not names)
+    if empty:
+        raise DataError(f"{where}: class folder(s) {', '.join(empty)} have no usable image — add images or "
+                        f"remove the folder(s)")
+    return sorted(files)
+
+
+
+def ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED

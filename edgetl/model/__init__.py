@@ -1,0 +1,10 @@
+"""What a trained model is made of, shared by every stage: its checkpoint, its pretrained weights, its adapters.
+
+    model, meta = load_model(run.checkpoint("best"))
+
+    checkpoint.py  atomic save, safe load, the model a checkpoint describes
+    weights.py     --weights: ImageNet, a state-dict file or none
+    lora.py        LoRA adapters: inject, count, merge
+
+Building a backbone is edgetl/backbones/ (below the recipe, which names one).
+"""
