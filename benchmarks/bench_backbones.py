@@ -46,20 +46,43 @@ QUICK = {
 
 
 def train_step_throughput(backbone: str, *, image_size: int, head: dict | None, steps: int) -> float:
-    """Images/s of AdamW steps with the last two groups and the head trainable, batch 16, at `image_size`."""
+    """Images/s of AdamW steps with the last two groups and the head trainable, batch 16, at `image_size`.
+
+    The phase a recipe's `train = "last:2"` sets up, in plain torch on the backbone's public layer groups: those
+    groups train (the rest frozen, in eval mode), BatchNorm frozen (eval statistics, affine terms not trained, the
+    recipe's default `bn = "frozen"`), rates 1e-4 (body) and 1e-3 (head), weight decay 0.01 except on norms,
+    biases and tokens."""
     import torch
+    from torch import nn
 
     from edgetl.backbones import MLPHead, create_model, get_backbone
-    from edgetl.recipe import Phase
-    from edgetl.train.phases import configure_phase, set_train_mode
 
     bb = get_backbone(backbone)
     model = create_model(bb, num_classes=5, image_size=image_size, head=MLPHead(tuple(head["hidden"]), head["dropout"])
                          if head else None)
     groups = bb.groups(model)
-    phase = Phase(name="top", epochs=1, train="last:2", lr=1e-4)
-    optimizer = torch.optim.AdamW(configure_phase(model, groups, phase, backbone=bb.name, weight_decay=0.01))
-    set_train_mode(model, groups, phase, backbone=bb.name)
+    trainable = [*groups[:-1][-2:], groups[-1]]
+    model.requires_grad_(False)
+    model.eval()
+    for group in trainable:
+        for module in group.modules:
+            module.requires_grad_(True)
+            module.train()
+        for param in group.params:  # a ViT's class token and position embeddings
+            param.requires_grad_(True)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            module.requires_grad_(False)
+            module.eval()
+    param_groups = []
+    for group in trainable:
+        lr = 1e-3 if group is groups[-1] else 1e-4
+        params = [p for p in group.parameters() if p.requires_grad]
+        tokens = {id(p) for p in group.params}
+        decayed = [p for p in params if p.ndim > 1 and id(p) not in tokens]
+        rest = [p for p in params if p.ndim <= 1 or id(p) in tokens]
+        param_groups += [{"params": ps, "lr": lr, "weight_decay": wd} for wd, ps in ((0.01, decayed), (0.0, rest)) if ps]
+    optimizer = torch.optim.AdamW(param_groups)
     x, y = torch.randn(16, 3, image_size, image_size), torch.randint(0, 5, (16,))
     times = []
     for _ in range(steps + 1):  # the first step warms up
@@ -88,11 +111,9 @@ def calibration_photos(photos: Path, preprocessing, *, count: int = 32):
 def example_system(backbone: str, extras: dict, *, root: Path, photos: Path | None, samples: int, quick: bool
                    ) -> dict[str, Any]:
     from edgetl.backbones import get_backbone
-    from edgetl.export.stage import export_run
+    from edgetl.export import export_run
     from edgetl.testing import make_run
-    from edgetl.verify import VerifySettings, verify_run
-    from edgetl.verify.latency import TimingPlan
-    from edgetl.verify.stage import ChecksFailed
+    from edgetl.verify import ChecksFailed, TimingPlan, VerifySettings, verify_run
 
     size = 32 if quick else get_backbone(backbone).preprocessing.crop_size
     started = time.perf_counter()
@@ -129,9 +150,9 @@ def example_system(backbone: str, extras: dict, *, root: Path, photos: Path | No
 def trained_pair(photos: Path, *, per_class: int, root: Path, quick: bool) -> list[dict[str, Any]]:
     from bench_train import photo_subset
 
-    from edgetl.export.stage import export_run
+    from edgetl.export import export_run
     from edgetl.recipe import load_recipe
-    from edgetl.train import train
+    from edgetl.training import train_run
     from edgetl.verify import VerifySettings, verify_run
 
     data = photo_subset(photos, root / "photos", per_class=per_class)
@@ -141,7 +162,7 @@ def trained_pair(photos: Path, *, per_class: int, root: Path, quick: bool) -> li
         recipe = load_recipe("efficientnet_lite0", overrides=overrides, epochs_scale=0.2 if quick else None)
         run = root / backbone.replace(":", "-")
         started = time.perf_counter()
-        summary = train(recipe, run_dir=run, device="cpu")
+        summary = train_run(recipe, run_dir=run, device="cpu")
         train_s = time.perf_counter() - started
         export_run(run, formats=("onnx",))
         report = verify_run(run, VerifySettings(samples=64, threads=(2,))).report

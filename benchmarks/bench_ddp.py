@@ -9,6 +9,7 @@ split, with a recipe of uncached phases (the last stage, then everything), so ev
 forward and backward. Reported: each epoch's own time (from metrics.jsonl: the training pass and the val pass),
 the whole command's wall time, val accuracy, and the ratio N-process / 1-process. On a 2-core CPU the point is
 correctness and overhead, not speed: 2 processes of 1 thread do the work 1 process does with 2 threads.
+A torch build without torch.distributed (gloo) skips: exit 0 and a JSON that says why.
 """
 
 from __future__ import annotations
@@ -67,9 +68,17 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=60, help="--photos: train images per class (default: %(default)s)")
     p.add_argument("--procs", type=int, default=2, help="processes of the torchrun side (default: %(default)s)")
     args = p.parse_args()
-    from edgetl.train.sample import make_image_folder
-    from edgetl.verify.latency import all_threads
+    import torch.distributed
 
+    from edgetl.data.sample import make_image_folder
+    from edgetl.verify import all_threads
+
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        reason = "this torch build has no torch.distributed with the gloo backend: nothing to compare"
+        common.console.print(f"[yellow]skipped: {reason}[/]")
+        common.write_results("ddp", {"script": SCRIPT, "mode": common.mode_of(args), "skipped": reason,
+                                     "environment": common.environment()}, out=args.out, save=False)
+        return
     size, epochs = (48, 1) if args.quick else (128, 2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -18,8 +18,10 @@ needs is real activations. EfficientNet-Lite0 has its ImageNet weights (they shi
 backbones (whose weights cannot be downloaded here) get BatchNorm statistics from `--calibrate` train photos. Every
 model's new head is scaled to logits of std 4 on the photos, BatchNorm folded as `edgetl export` does.
 
-OpenCV from a folder is timed inside its child process (`edgetl.formats.engines.worker_timings`), so the pipe that
-carries each image is not in its figure; the other engines with `edgetl.verify.latency.time_runner`.
+OpenCV from a folder is timed by a child process of its own (`FOLDER_TIMING`: plain cv2, setInput + forward per
+call, with `edgetl.verify.TimingPlan`'s warm-up and stopping rule), so no pipe between processes is in its figure;
+the other engines with `edgetl.verify.time_runner`, in this process. Without `--photos` (default flowers128, when
+it is not there) the images are generated shapes (`edgetl.data.sample.make_image_folder`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,32 @@ BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "eff
 PRETRAINED = {"efficientnet_lite0"}  # the only ImageNet weights that load offline here
 PHOTOS = common.REPO.parent / "shared" / "data" / "flowers128"
 GRAPHS = ("exporter", "portable")
+# OpenCV from a --opencv-target folder, timed in a process of its own, in plain cv2 (the argument: a JSON spec).
+# It prints each timed call's ns as one JSON list.
+FOLDER_TIMING = r"""
+import json, sys, time
+import numpy as np
+import cv2
+spec = json.loads(sys.argv[1])
+if spec["threads"] is not None:
+    cv2.setNumThreads(int(spec["threads"]))
+net = cv2.dnn.readNetFromONNX(spec["model"])
+x = np.fromfile(spec["input"], dtype=np.float32).reshape(spec["shape"])
+def call():
+    t0 = time.perf_counter_ns()
+    net.setInput(x)
+    net.forward()
+    return time.perf_counter_ns() - t0
+for _ in range(spec["warmup"]):
+    call()
+times, start = [], time.perf_counter_ns()
+while True:
+    times.append(call())
+    elapsed = (time.perf_counter_ns() - start) / 1e9
+    if elapsed >= spec["max_seconds"] or (elapsed >= spec["seconds"] and len(times) >= spec["min_iterations"]):
+        break
+print(json.dumps(times))
+"""
 
 
 def photos(root: Path, part: str, *, per_class: int) -> list[tuple[Path, int]]:
@@ -51,7 +79,7 @@ def prepared_model(backbone: str, *, calibration, num_classes: int):
     import torch
 
     from edgetl.backbones import get_backbone
-    from edgetl.export.deploy import deploy_model
+    from edgetl.export import deploy_model
     from edgetl.testing import randomize_for_parity
 
     bb = get_backbone(backbone)
@@ -60,7 +88,7 @@ def prepared_model(backbone: str, *, calibration, num_classes: int):
     with torch.no_grad():
         model = bb.build(num_classes)
         if backbone in PRETRAINED:
-            from edgetl.train.weights import load_pretrained
+            from edgetl.model.weights import load_pretrained
 
             load_pretrained(model, bb, "imagenet")
         else:
@@ -113,24 +141,38 @@ def engine_label(name: str, target: Path | None) -> str:
 
 def time_engine(name: str, target: Path | None, path: Path, x, *, threads: int, plan) -> float:
     """p50 ms at batch 1 on `threads` threads."""
-    import numpy as np
-
-    from edgetl.formats.engines import load_engine, worker_timings
-    from edgetl.verify.latency import time_runner
+    from edgetl.formats.engines import load_engine
+    from edgetl.verify import time_runner
 
     if target is not None:
-        runner = load_engine(name, path, threads=threads, target=target)
-        worker_timings(runner, x, calls=plan.warmup)
-        calls = max(plan.min_iterations, int(plan.seconds * 1e3 / max(_one_call_ms(runner, x), 0.01)))
-        return float(np.median(worker_timings(runner, x, calls=min(calls, 2000)))) / 1e6
+        return time_in_folder(target, path, x, threads=threads, plan=plan)
     timing = time_runner(lambda: load_engine(name, path, threads=threads), runtime=name, x=x, threads=threads, plan=plan)
     return timing.p50_ms
 
 
-def _one_call_ms(runner, x) -> float:
-    from edgetl.formats.engines import worker_timings
+def time_in_folder(target: Path, path: Path, x, *, threads: int, plan) -> float:
+    """p50 ms of OpenCV from `target` (a pip --target folder), timed inside a child process of its own."""
+    import json
+    import os
+    import subprocess
 
-    return worker_timings(runner, x, calls=1)[0] / 1e6
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="bench-engines-x-") as tmp:
+        x_path = Path(tmp) / "x.f32"
+        np.ascontiguousarray(x[:1], dtype=np.float32).tofile(x_path)
+        spec = {"model": str(path.resolve()), "input": str(x_path), "shape": list(x[:1].shape), "threads": threads,
+                "warmup": plan.warmup, "seconds": plan.seconds, "min_iterations": plan.min_iterations,
+                "max_seconds": plan.max_seconds}
+        target = target.expanduser().resolve()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")])),
+               "PYTHONNOUSERSITE": "1", "OPENCV_LOG_LEVEL": "ERROR"}
+        done = subprocess.run([sys.executable, "-c", FOLDER_TIMING, json.dumps(spec)], capture_output=True, text=True,
+                              env=env, cwd=str(target))
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"timing OpenCV from {target} failed (exit code {done.returncode}): {tail}")
+    return float(np.median(json.loads(done.stdout.strip().splitlines()[-1]))) / 1e6
 
 
 def bench_backbone(backbone: str, *, image_size: int, val: list[tuple[Path, int]], calibration: list[Path],
@@ -139,11 +181,11 @@ def bench_backbone(backbone: str, *, image_size: int, val: list[tuple[Path, int]
     import onnx
 
     from edgetl.backbones import get_backbone
+    from edgetl.compare.parity import compare_logits, run_batched
     from edgetl.errors import describe_error
     from edgetl.formats.engines import EngineError, engine_version, load_engine
     from edgetl.formats.onnx_portable import check_portable, make_portable
     from edgetl.preprocessing import preprocess_image
-    from edgetl.verify.parity import compare_logits, run_batched
 
     prep = get_backbone(backbone).preprocessing.scaled(image_size)
     x = np.stack([preprocess_image(p, prep) for p, _ in val]).astype(np.float32)
@@ -227,8 +269,8 @@ def _short(rewrite: str) -> str:
 
 def main() -> None:
     p = common.parser(SCRIPT, __doc__, models=True)
-    p.add_argument("--photos", type=Path, default=PHOTOS, help="a folder with train/ and val/ class folders "
-                   "(default: %(default)s)")
+    p.add_argument("--photos", type=Path, help=f"a folder with train/ and val/ class folders (default: {PHOTOS}; "
+                   "generated shapes when it is not there)")
     p.add_argument("--val-per-class", type=int, help="val photos per class (default: 30; --quick: 2)")
     p.add_argument("--calibrate", type=int, default=32, help="train photos for BatchNorm statistics (default: %(default)s)")
     p.add_argument("--opencv-target", type=Path, action="append", default=[], metavar="DIR",
@@ -236,7 +278,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="threads for latency (default: all cores)")
     args = p.parse_args()
     common.quiet_logs()
-    from edgetl.verify.latency import all_threads
+    from edgetl.verify import all_threads
 
     mode = common.mode_of(args)
     image_size = args.image_size or (64 if args.quick else 224)
@@ -247,20 +289,30 @@ def main() -> None:
         if not (target / "cv2").is_dir():
             p.error(f"--opencv-target {target}: no cv2 there — pip install --target {target} "
                     f"opencv-python-headless==4.5.5.64 'numpy<2'")
-    val = photos(args.photos, "val", per_class=per_class)
-    classes = sum(1 for c in (args.photos / "train").iterdir() if c.is_dir())
-    train = photos(args.photos, "train", per_class=-(-args.calibrate // classes))[:args.calibrate]
+    if args.photos is not None and not (args.photos / "val").is_dir():
+        p.error(f"--photos {args.photos}: no val/ folder of class folders there")
     busy = common.warn_if_busy()
     started = time.perf_counter()
     runs = []
     with common.others_load() as noise, tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        source = args.photos or (PHOTOS if (PHOTOS / "val").is_dir() else None)
+        described = "generated shapes" if source is None else str(source)
+        if source is None:
+            from edgetl.data.sample import make_image_folder
+
+            common.console.print(f"[yellow]{PHOTOS} is not there: generated shapes instead of photos[/]")
+            source = make_image_folder(Path(tmp) / "shapes", classes=3, per_class=max(12, args.calibrate // 3 + 1),
+                                       val_per_class=per_class, size=96, seed=0)
+        val = photos(source, "val", per_class=per_class)
+        classes = sum(1 for c in (source / "train").iterdir() if c.is_dir())
+        train = photos(source, "train", per_class=-(-args.calibrate // classes))[:args.calibrate]
         for backbone in backbones:
             common.console.print(f"[bold]{backbone}[/]: export, rewrite, run in every engine ({image_size} px)")
             runs.append(bench_backbone(backbone, image_size=image_size, val=val, calibration=[p for p, _ in train],
                                        targets=args.opencv_target, threads=threads, plan=common.timing_plan(mode),
                                        folder=Path(tmp)))
     print_report(runs, threads=threads)
-    data = {"script": SCRIPT, "mode": mode, "photos": str(args.photos), "val_per_class": per_class,
+    data = {"script": SCRIPT, "mode": mode, "photos": described, "val_per_class": per_class,
             "threads": threads, "machine": common.fingerprint(), "environment": common.environment(),
             "busy_at_start": busy, "others_during_run": noise, "seconds": time.perf_counter() - started, "runs": runs}
     common.write_results("engines", data, out=args.out, save=args.save)

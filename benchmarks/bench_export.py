@@ -48,8 +48,8 @@ def export_plain(run_dir: Path, path: Path, *, image_size: int, optimize: bool) 
     import torch
 
     from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME
+    from edgetl.model.checkpoint import load_model
     from edgetl.quiet import quiet
-    from edgetl.train.checkpoint import load_model
 
     model, _ = load_model(run_dir / "checkpoints" / "best.pt")
     example = torch.randn(2, 3, image_size, image_size)
@@ -96,8 +96,8 @@ def ort_optimized_ops(path: Path, out: Path) -> Counter:
 def bench_backbone(backbone: str, *, root: Path, image_size: int, threads: int, plan) -> dict[str, Any]:
     import numpy as np
 
-    from edgetl.export.stage import export_run
-    from edgetl.verify.latency import time_runner
+    from edgetl.export import export_run
+    from edgetl.verify import time_runner
 
     run_dir = common.make_fake_run(root, backbone=backbone, image_size=image_size)
     start = time.perf_counter()
@@ -125,7 +125,7 @@ def bench_backbone(backbone: str, *, root: Path, image_size: int, threads: int, 
     for g in graphs.values():
         g["p50_vs_edgetl"] = {level: g["latency"][level]["p50_ms"] / base[level]["p50_ms"] for level in LEVELS}
     return {"backbone": backbone, "image_size": image_size, "threads": threads, "export_run_s": export_run_s,
-            "artifacts": [a.to_dict() for a in exported.artifacts], "bn_in_model": exported.deploy.bn_before,
+            "artifacts": [a.model_dump(exclude_none=True) for a in exported.manifest.artifacts], "bn_in_model": exported.deploy.bn_before,
             "bn_folded": exported.deploy.bn_folded, "graphs": graphs}
 
 

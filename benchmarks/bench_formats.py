@@ -49,12 +49,12 @@ def train_run(backbone: str, *, data: Path, image_size: int, quick: bool, run: P
     """bench_quant's recipe (Lite0: the shipped recipe; others: every layer from random weights), on `data`."""
     from bench_quant import PRETRAINED, recipe_for
 
-    from edgetl.train import train
+    from edgetl.training import train_run
 
     if run.exists():
         shutil.rmtree(run)
     started = time.perf_counter()
-    summary = train(recipe_for(backbone, data=str(data), image_size=image_size, quick=quick), run_dir=run,
+    summary = train_run(recipe_for(backbone, data=str(data), image_size=image_size, quick=quick), run_dir=run,
                     device="cpu")
     return {"backbone": backbone, "pretrained": backbone in PRETRAINED and not quick, "image_size": image_size,
             "train_s": round(time.perf_counter() - started, 1), "best_val_acc_train": summary.best_val_acc}
@@ -63,8 +63,7 @@ def train_run(backbone: str, *, data: Path, image_size: int, quick: bool, run: P
 def export_formats(run: Path, root: Path, *, quick: bool) -> tuple[dict[str, Path], dict[str, str], dict[str, float]]:
     """Each format into its own folder at fp32 (+ int8 where it makes it); a failure skips that format only."""
     from edgetl.errors import EdgetlError
-    from edgetl.export import export_run
-    from edgetl.export.precision import QuantPlan
+    from edgetl.export import QuantPlan, export_run
     from edgetl.formats import FORMATS
 
     plan = QuantPlan(calibration_images=16 if quick else 200, guard_images=16 if quick else 200)
@@ -106,14 +105,14 @@ def measure(run: Path, exported: dict[str, Path], *, data: str | None, images: i
     """Parity and accuracy (verify's helpers and bars), then latency per thread count (verify's time_runner)."""
     import numpy as np
 
+    from edgetl.compare.gate import BARS, Gate
+    from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched
+    from edgetl.data.inputs import gather_inputs
     from edgetl.formats import FORMATS
     from edgetl.formats.base import torch_runner
+    from edgetl.model.checkpoint import load_model
     from edgetl.rundir import RunDir, read_manifest
-    from edgetl.train.checkpoint import load_model
-    from edgetl.verify.gate import BARS, Gate
-    from edgetl.verify.inputs import gather_inputs
-    from edgetl.verify.latency import load_eager, time_runner
-    from edgetl.verify.parity import PARITY_BATCH, accuracy, check_parity, run_batched
+    from edgetl.verify import time_runner
 
     manifests = {name: read_manifest(folder / "manifest.json") for name, folder in exported.items()}
     first = next(iter(manifests.values()))
@@ -162,6 +161,16 @@ def measure(run: Path, exported: dict[str, Path], *, data: str | None, images: i
     for row in rows:
         del row["path"], row["load"]
     return rows, {**inputs.info, "reference_accuracy": eager["parity"]["accuracy"], "warnings": inputs.warnings}
+
+
+def load_eager(path: Path, *, threads: int | None = None):
+    """The checkpoint as PyTorch runs it (unfolded, eval, fp32), as `edgetl verify` times it; `time_runner` sets
+    the threads."""
+    from edgetl.formats.base import torch_runner
+    from edgetl.model.checkpoint import load_model
+
+    model, _ = load_model(path)
+    return torch_runner(model)
 
 
 def artifact_facts(artifact) -> dict[str, Any]:
@@ -213,7 +222,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=300, help="at least this many timed calls (default: %(default)s)")
     args = p.parse_args()
     common.quiet_logs()
-    logging.getLogger("edgetl.verify.gate").setLevel(logging.ERROR)  # failed bars go into the table instead
+    logging.getLogger("edgetl.compare.gate").setLevel(logging.ERROR)  # failed bars go into the table instead
     quick = args.quick
     backbones = args.backbone or (["resnet18"] if quick else ["efficientnet_lite0"])
     if len(backbones) != 1:
@@ -225,7 +234,7 @@ def main() -> None:
         p.error(f"--photos {photos}: no val/ folder of class folders there")
     images = min(args.images, 12) if quick else args.images
 
-    from edgetl.verify.latency import TimingPlan, all_threads
+    from edgetl.verify import TimingPlan, all_threads
 
     threads = sorted({1, all_threads()})
     plan = common.timing_plan("quick") if quick else TimingPlan(
@@ -242,7 +251,7 @@ def main() -> None:
             common.console.print(f"[bold]{run.name}[/]: reused (no training)")
         else:
             if photos is None:
-                from edgetl.train.sample import make_image_folder
+                from edgetl.data.sample import make_image_folder
 
                 data = make_image_folder(Path(tmp) / "data", classes=3, per_class=12, val_per_class=6, size=48, seed=0)
                 source = "generated shapes"

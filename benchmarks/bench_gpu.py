@@ -4,13 +4,16 @@
     .venv/bin/python benchmarks/bench_gpu.py --quick     # CPU smoke test: tiny sizes, seconds
 
 1. Throughput. Each backbone at 224 px, batch 256, every layer trainable, AdamW, label smoothing: images/s of
-   edgetl's own training loop (`edgetl.train.epoch.train_one_epoch`: its bf16 autocast and channels_last choice)
+   edgetl's own training loop (`edgetl.training.train_one_epoch`: its bf16 autocast and channels_last choice)
    on device-resident inputs, and peak CUDA memory. The baseline is timm's `benchmark.py --bench train --amp
    --amp-dtype bfloat16 --channels-last --opt adamw` for the same architecture, run on the same GPU in the same
    job (timm publishes its training figures for an RTX 3090 only). Neither side counts data loading.
 2. Real photos. `edgetl run --recipe efficientnet_lite0 --data PHOTOS --device cuda`, exactly as a user runs
    it (the progressive recipe, its cached phases, export, verify): time per phase, val accuracy, and verify's
    parity of the exported fp32 ONNX against the bf16-trained checkpoint (the fp32 bars).
+
+Without a CUDA GPU, the default and --full modes skip (exit 0, a JSON that says why) unless `--device cpu` asks
+for the CPU; --quick always runs, on the CPU when there is no GPU.
 
 Writes JSON (`--out`); `--save` merges it into benchmarks/results/<machine>.json.
 """
@@ -42,7 +45,7 @@ def edgetl_throughput(name: str, *, batch: int, size: int, steps: int, warmup: i
     from torch import nn
 
     from edgetl.backbones import get_backbone
-    from edgetl.train.epoch import Batcher, Callbacks, memory_format, train_one_epoch
+    from edgetl.training import Batcher, Callbacks, memory_format, train_one_epoch
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
@@ -128,6 +131,12 @@ def main() -> None:
     import torch
 
     quick = args.quick
+    if not quick and args.device is None and not torch.cuda.is_available():
+        reason = "no CUDA GPU here: bench_gpu measures the GPU path (--quick: a CPU smoke test; --device cpu: force it)"
+        common.console.print(f"[yellow]skipped: {reason}[/]")
+        common.write_results("gpu", {"script": SCRIPT, "mode": common.mode_of(args), "skipped": reason,
+                                     "environment": common.environment()}, out=args.out, save=False)
+        return
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbones = args.backbone or (["mobilenet_v3_small"] if quick else list(TIMM_NAMES))
     batch, size = (4, 64) if quick else (args.batch_size, args.image_size or 224)

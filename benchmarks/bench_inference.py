@@ -8,12 +8,13 @@ Each backbone is a random model with realistic BatchNorm statistics written as a
 speed does not depend on the weights' values), exported with `edgetl.export.export_run` (BN folded, ONNX +
 TorchScript). Timed per thread count (1, and every core this process may use), batch 1:
 
-* onnx: onnxruntime CPUExecutionProvider on `model.onnx` (edgetl.formats.onnx.load_onnx, ORT_ENABLE_ALL)
-* eager NCHW: the checkpoint as PyTorch runs it, unfolded (edgetl.verify.latency.load_eager), inference_mode
+* onnx: onnxruntime CPUExecutionProvider on `model.onnx` (`FORMATS["onnx"].load`, ORT_ENABLE_ALL)
+* eager NCHW: the checkpoint as PyTorch runs it, unfolded (`edgetl.model.checkpoint.load_model`, run as
+  `edgetl verify` runs it: `edgetl.formats.base.torch_runner`), inference_mode
 * eager channels_last: the same model and input converted to channels_last (the conversion is timed)
-* torchscript: the exported frozen trace (edgetl.formats.torchscript.load_torchscript)
+* torchscript: the exported frozen trace (`FORMATS["torchscript"].load`)
 
-Timing is edgetl.latency.time_runner: perf_counter_ns around each call, warm-up excluded, adaptive iteration
+Timing is `edgetl.verify.time_runner`: perf_counter_ns around each call, warm-up excluded, adaptive iteration
 count (reported). Achieved GFLOP/s = 2·MACs / p50 (MACs: conv + matmul, torch's FlopCounterMode, as in the
 manifest), shown against the machine's practical fp32 peak: the fastest of repeated n×n `torch.mm` calls at the
 same thread count, measured right before that backbone's runs.
@@ -45,15 +46,17 @@ def runners(run_dir: Path) -> dict[str, Any]:
     """runtime name -> (make(threads) -> runner, file it times)."""
     import torch
 
-    from edgetl.formats.onnx import load_onnx
-    from edgetl.formats.torchscript import load_torchscript
-    from edgetl.verify.latency import load_eager
+    from edgetl.formats import FORMATS
+    from edgetl.formats.base import torch_runner
+    from edgetl.model.checkpoint import load_model
 
     best, export = run_dir / "checkpoints" / "best.pt", run_dir / "export"
 
-    def channels_last(path: Path, *, threads: int):
-        from edgetl.train.checkpoint import load_model
+    def load_eager(path: Path, *, threads: int):
+        model, _ = load_model(path)
+        return torch_runner(model)
 
+    def channels_last(path: Path, *, threads: int):
         model, _ = load_model(path)
         model = model.eval().to(memory_format=torch.channels_last)
 
@@ -63,15 +66,16 @@ def runners(run_dir: Path) -> dict[str, Any]:
 
         return run
 
-    return {"onnx": (load_onnx, export / "model.onnx"), "eager NCHW": (load_eager, best),
-            "eager channels_last": (channels_last, best), "torchscript": (load_torchscript, export / "model.torchscript.pt")}
+    return {"onnx": (FORMATS["onnx"].load, export / FORMATS["onnx"].file), "eager NCHW": (load_eager, best),
+            "eager channels_last": (channels_last, best),
+            "torchscript": (FORMATS["torchscript"].load, export / FORMATS["torchscript"].file)}
 
 
 def bench_backbone(backbone: str, *, root: Path, image_size: int, thread_counts: list[int], plan, matmul_n: int) -> dict[str, Any]:
     import numpy as np
 
-    from edgetl.export.stage import export_run
-    from edgetl.verify.latency import time_runner
+    from edgetl.export import export_run
+    from edgetl.verify import time_runner
 
     run_dir = common.make_fake_run(root, backbone=backbone, image_size=image_size)
     exported = export_run(run_dir, formats=("onnx", "torchscript"))
@@ -131,7 +135,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    from edgetl.verify.latency import all_threads
+    from edgetl.verify import all_threads
 
     p = common.parser(SCRIPT, __doc__, models=True)
     p.add_argument("--threads", type=int, action="append", help="thread count (repeatable; default: 1 and all cores)")

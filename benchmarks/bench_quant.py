@@ -48,15 +48,13 @@ def recipe_for(backbone: str, *, data: str, image_size: int, quick: bool):
 
 def bench_backbone(backbone: str, *, data: Path, val: Path, image_size: int, quick: bool, seconds: float,
                    folder: Path) -> dict[str, Any]:
-    from edgetl.export import export_run
-    from edgetl.export.precision import QuantPlan
-    from edgetl.train import train
-    from edgetl.verify import ChecksFailed, VerifySettings, verify_run
-    from edgetl.verify.latency import TimingPlan, all_threads
+    from edgetl.export import QuantPlan, export_run
+    from edgetl.training import train_run
+    from edgetl.verify import ChecksFailed, TimingPlan, VerifySettings, all_threads, verify_run
 
     run = folder / backbone
     started = time.perf_counter()
-    summary = train(recipe_for(backbone, data=str(data), image_size=image_size, quick=quick), run_dir=run,
+    summary = train_run(recipe_for(backbone, data=str(data), image_size=image_size, quick=quick), run_dir=run,
                     device="cpu")
     train_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -140,7 +138,7 @@ def main() -> None:
             val = val_subset(args.photos, Path(tmp) / "val", per_class=args.val_per_class)
             source = f"{args.photos} ({args.per_class} train / {args.val_per_class} val photos per class)"
         else:
-            from edgetl.train.sample import make_image_folder
+            from edgetl.data.sample import make_image_folder
 
             data = make_image_folder(Path(tmp) / "data", classes=3, per_class=12, val_per_class=6, size=72, seed=0)
             val, source = data / "val", "generated shapes"

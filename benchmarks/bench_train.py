@@ -13,11 +13,11 @@ loop written out below (`run_plain_progressive`), on the first `--per-class` tra
 classifier alone (Adam 1e-3, backbone frozen, the model in train mode so BatchNorm statistics adapt), then 2
 epochs with the last block and the final conv joining (Adam 1e-4); val accuracy after every epoch.
 
-Both sides get the same backbone and ImageNet weights (`edgetl.weights.load_pretrained`), the same images
+Both sides get the same backbone and ImageNet weights (`edgetl.model.weights.load_pretrained`), the same images
 (the train/ and val/ folders), the same number of epochs, input size, seed, batch size and optimizer family
 (AdamW, the recipe's weight decay). They differ in everything the recipe and the trainer add:
 
-* edgetl: `edgetl.train.train` with the recipe (`--recipe`, patience forced to 0 so both sides run every
+* edgetl: `edgetl.training.train_run` with the recipe (`--recipe`, patience forced to 0 so both sides run every
   epoch): images decoded once, a head phase on cached features, partial unfreezing with per-depth rates,
   frozen BatchNorm, warmup + cosine, label smoothing, channels_last, no per-step host sync.
 * plain: `torchvision.datasets.ImageFolder` + `Compose([RandomResizedCrop, RandomHorizontalFlip, ToTensor,
@@ -85,8 +85,7 @@ def edgetl_recipe(cfg: dict[str, Any]):
 
 def run_edgetl(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     """`edgetl train` through its library entry point; one record per epoch, stamped with the wall clock."""
-    from edgetl.train import train
-    from edgetl.train.epoch import Callbacks
+    from edgetl.training import Callbacks, train_run
 
     recipe = edgetl_recipe(cfg)
     epochs: list[dict[str, Any]] = []
@@ -98,7 +97,7 @@ def run_edgetl(cfg: dict[str, Any], start: float) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         run_dir = Path(tmp) / "run"
-        result = train(recipe, run_dir=run_dir, device=cfg["device"], callbacks=Stamp())
+        result = train_run(recipe, run_dir=run_dir, device=cfg["device"], callbacks=Stamp())
         n_train = len(json.loads((run_dir / "split.json").read_text())["train"])
     phases = {}
     for name in dict.fromkeys(e["phase"] for e in epochs):
@@ -119,10 +118,9 @@ def run_plain(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     from torchvision import datasets, transforms
 
     from edgetl.backbones import get_backbone
-    from edgetl.train.epoch import select_device
-    from edgetl.train.weights import load_pretrained
+    from edgetl.model.weights import load_pretrained
 
-    device = select_device(cfg["device"])
+    device = tutorial_device(cfg["device"])
     backbone = get_backbone(cfg["backbone"])
     prep = backbone.preprocessing.scaled(cfg["image_size"])
     interpolation = transforms.InterpolationMode(prep.interpolation)
@@ -152,6 +150,15 @@ def run_plain(cfg: dict[str, Any], start: float) -> dict[str, Any]:
         epochs.append({"epoch": epoch, **record, "wall_s": time.perf_counter() - start})
         _progress("plain", epochs[-1])
     return {"epochs": epochs, "n_train": len(train_set), "train_loop_s": train_loop_s}
+
+
+def tutorial_device(spec: str):
+    """`--device` as a tutorial picks it: auto = cuda if there is one, else mps, else cpu."""
+    import torch
+
+    if spec != "auto":
+        return torch.device(spec)
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
 
 
 def plain_epoch(model, train_loader, val_loader, *, optimizer, loss_fn, device) -> dict[str, Any]:
@@ -187,10 +194,9 @@ def run_plain_progressive(cfg: dict[str, Any], start: float) -> dict[str, Any]:
     from torchvision import datasets, transforms
 
     from edgetl.backbones import get_backbone
-    from edgetl.train.epoch import select_device
-    from edgetl.train.weights import load_pretrained
+    from edgetl.model.weights import load_pretrained
 
-    device = select_device(cfg["device"])
+    device = tutorial_device(cfg["device"])
     backbone = get_backbone(cfg["backbone"])
     prep = backbone.preprocessing.scaled(cfg["image_size"])
     size, normalize = prep.crop_size, transforms.Normalize(prep.mean, prep.std)
@@ -248,7 +254,7 @@ def _progress(side: str, e: dict[str, Any]) -> None:
 
 
 def data_root(spec: str) -> Path:
-    from edgetl.train.sample import ensure_sample
+    from edgetl.data.sample import ensure_sample
 
     return ensure_sample() if spec == "sample" else Path(spec)
 
@@ -394,7 +400,7 @@ def main() -> None:
     common.quiet_logs()
 
     if args.side:
-        common._write_json(args.out, run_side(args.side, json.loads(args.config)))
+        common.write_json(args.out, run_side(args.side, json.loads(args.config)))
         return
 
     mode_name = "photos" if args.photos else common.mode_of(args)
@@ -404,7 +410,7 @@ def main() -> None:
     rows = []
     with common.others_load() as noise, tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         if mode_name == "quick" and not args.data:
-            from edgetl.train.sample import make_image_folder
+            from edgetl.data.sample import make_image_folder
 
             mode["data"] = str(make_image_folder(Path(tmp) / "data", classes=3, per_class=8, val_per_class=4, size=56, seed=0))
         if args.photos:

@@ -62,7 +62,7 @@ def mode_of(args: argparse.Namespace) -> str:
 
 def fingerprint() -> dict[str, Any]:
     """edgetl's machine fingerprint (CPU model, cores, ISA, onnxruntime) plus a short file-name slug."""
-    from edgetl.verify.latency import machine_fingerprint
+    from edgetl.verify import machine_fingerprint
 
     fp = machine_fingerprint()
     cpu = re.sub(r"[^a-z0-9]+", "-", fp["cpu_model"].lower()).strip("-")[:40] or "cpu"
@@ -90,7 +90,7 @@ def warn_if_busy(seconds: float = 1.0) -> dict[str, float]:
     """
     import psutil
 
-    from edgetl.verify.latency import all_threads
+    from edgetl.verify import all_threads
 
     busy = psutil.cpu_percent(interval=seconds)
     load = os.getloadavg()[0]
@@ -131,14 +131,16 @@ def others_load() -> Iterator[dict[str, float]]:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None,
-          left: int = 1) -> RenderableType:
-    """A rich table: the first `left` columns left-aligned, the rest right-aligned, None shown as an em dash.
+          left: int = 1, no_wrap: int | None = None) -> RenderableType:
+    """A rich table: the first `left` columns left-aligned, the rest right-aligned, None shown as an em dash; the
+    first `no_wrap` columns (default: `left`) never wrap.
 
     The caption goes below as its own paragraph, wrapped at the console's width rather than the table's.
     """
     t = Table(title=title)
+    keep = left if no_wrap is None else no_wrap
     for i, col in enumerate(columns):
-        t.add_column(col, justify="left" if i < left else "right", no_wrap=i < left)
+        t.add_column(col, justify="left" if i < left else "right", no_wrap=i < keep)
     for row in rows:
         t.add_row(*("—" if v is None else str(v) for v in row))
     return Group(t, Text(caption, style="dim")) if caption else t
@@ -154,20 +156,20 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def write_results(section: str, data: dict[str, Any], *, out: Path, save: bool) -> list[Path]:
     """Write `data` to `out`; with `save`, also merge it as `section` into results/<machine>.json."""
-    written = [_write_json(out, data)]
+    written = [write_json(out, data)]
     if save:
         fp = data.get("machine") or fingerprint()
         path = RESULTS_DIR / f"{fp['slug']}.json"
         merged = json.loads(path.read_text()) if path.is_file() else {}
         merged["machine"] = fp
         merged[section] = data
-        written.append(_write_json(path, merged))
+        written.append(write_json(path, merged))
     for path in written:
         console.print(f"wrote {_rel(path)}")
     return written
 
 
-def _write_json(path: Path, data: Any) -> Path:
+def write_json(path: Path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -232,8 +234,8 @@ def peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, float | None]]:
 
 
 def timing_plan(mode: str):
-    """How long each latency setting is timed, per mode (edgetl.latency's adaptive plan)."""
-    from edgetl.verify.latency import TimingPlan
+    """How long each latency setting is timed, per mode (edgetl verify's adaptive plan)."""
+    from edgetl.verify import TimingPlan
 
     return {"quick": TimingPlan(seconds=0.2, min_iterations=5, max_seconds=0.5, warmup=2),
             "default": TimingPlan(seconds=1.0, min_iterations=30, max_seconds=3.0, warmup=5),
@@ -249,12 +251,12 @@ def matmul_peak(*, threads: int, n: int, seconds: float = 1.0) -> dict[str, Any]
     import numpy as np
     import torch
 
-    from edgetl.verify.latency import torch_threads
-
     g = torch.Generator().manual_seed(0)
     a, b, out = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g), torch.empty(n, n)
     times = []
-    with torch_threads(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
         for _ in range(2):  # warm-up: thread pool start, page faults on `out`
             torch.mm(a, b, out=out)
         start = time.perf_counter_ns()
@@ -262,6 +264,8 @@ def matmul_peak(*, threads: int, n: int, seconds: float = 1.0) -> dict[str, Any]
             t0 = time.perf_counter_ns()
             torch.mm(a, b, out=out)
             times.append(time.perf_counter_ns() - t0)
+    finally:
+        torch.set_num_threads(previous)
     flop = 2 * n**3
     best, median = min(times) / 1e9, float(np.median(times)) / 1e9
     return {"n": n, "threads": threads, "iterations": len(times), "best_ms": best * 1e3, "p50_ms": median * 1e3,
