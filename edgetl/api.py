@@ -115,7 +115,7 @@ class Run:
                                 out=_path(out), precisions=_names(precisions), calibration=calibration)
         return pipeline.export_stage(self.path, request, hooks=hooks_for(progress)).manifest
 
-    def verify(self, data: PathLike | None = None, *, samples: int = 32, atol: float | None = None,
+    def verify(self, data: PathLike | None = None, *, samples: int | None = None, atol: float | None = None,
                min_top1: float | None = None, batch: int | None = None, max_latency_ms: float | None = None,
                baseline: PathLike | None = None, max_regression: float = 0.10, threads: Sequence[int] | None = None,
                latency_seconds: float = 1.0, runtimes: Sequence[str] | None = None, json_path: PathLike | None = None,

@@ -112,6 +112,23 @@ class RunOutcome:
     verify: VerifyReport
     scratch: TrainSummary | None
     seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage this call ran
+
+    @property
+    def shipped(self) -> str:
+        """The file a device should take: the lower-precision file verify says ships and that runs faster here
+        (the fastest, if several), else the first fp32 file."""
+        faster = [r for r in self.verify.go_no_go if r.get("decision") == "ship" and (r.get("speedup") or 0) > 1]
+        return max(faster, key=lambda r: r["speedup"])["file"] if faster else self.manifest.artifacts[0].file
+
+    def to_dict(self) -> dict[str, Any]:
+        """`edgetl run --json`: the chain's figures, times per stage and per exported file, and what ships."""
+        return {"run_dir": str(self.run_dir), "seconds": round(self.seconds, 2), "stage_seconds": self.stage_seconds,
+                "export_seconds": {a.file: a.seconds for a in self.manifest.artifacts},
+                "best_val_acc": self.train.best_val_acc, "best_epoch": self.train.best_epoch,
+                "phases": [p.model_dump(mode="json") for p in self.train.phases],
+                "verify_passed": self.verify.passed, "go_no_go": self.verify.go_no_go, "shipped": self.shipped,
+                "scratch_best_val_acc": self.scratch.best_val_acc if self.scratch else None}
 
 
 DEFAULT_RECIPE = "quickstart"
@@ -269,15 +286,28 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
     todo = STAGES[STAGES.index(stage):] if stage else ("verify",)
     if resume:
         hooks.note(f"resuming {run_dir} at {todo[0]}")
-    if "train" in todo and resume is None:
-        train_stage(request, out=run_dir, hooks=hooks)
-    elif "train" in todo and run.checkpoint("last").is_file():
-        train_stage(request, resume=run_dir, hooks=hooks)
-    elif "train" in todo:  # resumed before the first epoch ended: start over, from the run's own recipe
-        train_stage(dataclasses.replace(request, recipe=str(run.recipe)), out=run_dir, hooks=hooks)
+    seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        seconds[stage] = round(time.perf_counter() - began, 2)
+
+    with timed("train"):
+        if "train" in todo and resume is None:
+            train_stage(request, out=run_dir, hooks=hooks)
+        elif "train" in todo and run.checkpoint("last").is_file():
+            train_stage(request, resume=run_dir, hooks=hooks)
+        elif "train" in todo:  # resumed before the first epoch ended: start over, from the run's own recipe
+            train_stage(dataclasses.replace(request, recipe=str(run.recipe)), out=run_dir, hooks=hooks)
+    if "train" not in todo:
+        del seconds["train"]
     if "export" in todo:
-        export_stage(run_dir, export, hooks=hooks)
-    result = verify_stage(run_dir, verify, hooks=hooks)
+        with timed("export"):
+            export_stage(run_dir, export, hooks=hooks)
+    with timed("verify"):
+        result = verify_stage(run_dir, verify, hooks=hooks)
     scratch = None
     if compare_scratch:
         scratch_dir = run.root / "scratch"
@@ -288,7 +318,7 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
         scratch = rundir.read_train_summary(RunDir(scratch_dir).train_json)
     return RunOutcome(run_dir=run_dir, train=rundir.read_train_summary(run.train_json),
                       manifest=rundir.read_manifest(run.manifest), verify=result.report, scratch=scratch,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, stage_seconds=seconds)
 
 
 def _recipe_export(request: TrainRequest, run: RunDir, *, resume: bool) -> ExportSection | None:

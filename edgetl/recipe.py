@@ -115,7 +115,8 @@ class LoraSection(_Strict):
     train_norms: bool = True  # norms of trainable groups train too (when the phase's bn policy is "train")
 
 
-ADDED_SECTIONS = ("export", "head")
+DEFAULT_PROBE_EPOCHS = 1
+ADDED_SECTIONS = ("export", "head", "probe_epochs")
 
 
 class HeadSection(_Strict):
@@ -158,7 +159,10 @@ class Recipe(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    patience: int = Field(3, ge=0)  # early stopping on val loss within a phase; 0 disables
+    patience: int = Field(3, ge=0)  # a phase ends after this many epochs without a better val figure; 0 disables
+    # A phase after the first ends when it has not beaten best.pt after this many of its epochs (a deeper phase
+    # that does not pay at once rarely pays later); 0 disables; None (unset): DEFAULT_PROBE_EPOCHS
+    probe_epochs: int | None = Field(None, ge=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0, lt=2**63)  # torch generators take int64
     head: HeadSection | None = None  # an MLP head (`hidden`, `dropout`); None: the backbone's classifier
@@ -194,6 +198,11 @@ class Recipe(_Strict):
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(exclude_none=True))
+
+    @property
+    def probe(self) -> int:
+        """Epochs a deeper phase gets to beat best.pt (`probe_epochs`, else the default)."""
+        return DEFAULT_PROBE_EPOCHS if self.probe_epochs is None else self.probe_epochs
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: the recipe hash the manifest carries. A section added after

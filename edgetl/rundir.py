@@ -122,6 +122,7 @@ class PhaseSummary(_Schema):
     # best val accuracy this phase reached minus the best before it (the first phase: minus 0); files from
     # before it have none
     val_acc_gain: float | None = None
+    ended: str | None = None  # why it ended ("all its epochs", "no better val figure in 3 epochs", ...)
 
     @property
     def gain_per_minute(self) -> float | None:

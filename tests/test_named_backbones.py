@@ -21,6 +21,7 @@ weights = "none"
 image_size = 32
 batch_size = 8
 patience = 0
+probe_epochs = 0
 seed = 1
 {extra}
 

@@ -128,3 +128,16 @@ def test_the_first_unfinished_stage_is_the_first_whose_file_is_missing_or_older_
     assert first_unfinished(old_run.root) == "train"
     with pytest.raises(RunDirError, match="not found"):
         first_unfinished(old_run.root / "nowhere")
+
+
+def test_run_json_prints_one_document_with_each_stage_time_and_what_ships(finished_run, tmp_path):
+    run = shutil.copytree(finished_run[0], tmp_path / "run")
+    (run / "verify.json").unlink()  # verify is the stage left to run
+    result = CliRunner().invoke(app, ["run", "--resume", str(run), "--json", "-", "--latency-seconds", "0.05",
+                                      "--samples", "8"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # one document, nothing else on stdout
+    assert set(doc["stage_seconds"]) == {"verify"} and doc["stage_seconds"]["verify"] > 0
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert doc["export_seconds"] == {a["file"]: a["seconds"] for a in manifest["artifacts"]}
+    assert doc["verify_passed"] is True and doc["shipped"] == manifest["artifacts"][0]["file"]

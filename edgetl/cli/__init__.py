@@ -23,7 +23,7 @@ import typer
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from edgetl import api
+from edgetl import api, files
 from edgetl.api import Run
 from edgetl.cli.options import (
     AtolOpt,
@@ -59,6 +59,7 @@ from edgetl.cli.options import (
     PredictRuntimeOpt,
     RecipeOpt,
     ResumeOpt,
+    RunJsonOpt,
     RunResumeOpt,
     RuntimeOpt,
     SamplesOpt,
@@ -71,7 +72,7 @@ from edgetl.cli.options import (
     VerifyRunArg,
     WeightsOpt,
 )
-from edgetl.cli.render import RichHooks, console, err_console, show_verify
+from edgetl.cli.render import RichHooks, console, err_console, show_verify, tables_on_stderr
 from edgetl.errors import EdgetlError, describe_error, printable
 from edgetl.pipeline import ExportRequest, TrainRequest, verify_settings
 
@@ -180,7 +181,7 @@ def backbones(groups: Annotated[Optional[str], typer.Option(
 
 @command
 def verify(
-    run_dir: VerifyRunArg, data: VerifyDataOpt = None, samples: SamplesOpt = 32, json_path: JsonOpt = None,
+    run_dir: VerifyRunArg, data: VerifyDataOpt = None, samples: SamplesOpt = None, json_path: JsonOpt = None,
     atol: AtolOpt = None, min_top1: MinTop1Opt = None, batch: BatchOpt = None, max_latency_ms: MaxLatencyOpt = None,
     baseline: BaselineOpt = None, max_regression: MaxRegressionOpt = 0.10, threads: ThreadsOpt = None,
     latency_seconds: LatencySecondsOpt = 1.0, runtime: RuntimeOpt = None, verbose: VerboseOpt = False,
@@ -210,12 +211,16 @@ def run(
     recipe: RecipeOpt = None, data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
     out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
     lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, format: FormatOpt = None,
-    opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = 32, atol: AtolOpt = None,
+    opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = None, atol: AtolOpt = None,
     min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
     compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, precision: PrecisionOpt = None,
-    calibration: CalibrationOpt = None, verbose: VerboseOpt = False,
+    calibration: CalibrationOpt = None, verbose: VerboseOpt = False, json_out: RunJsonOpt = None,
 ) -> None:
-    """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage."""
+    """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage.
+
+    --json PATH (or - for stdout, instead of the table): the figures, the time of each stage and exported file,
+    and the file that ships.
+    """
     from edgetl.cli.tables import run_table
     from edgetl.pipeline import run_pipeline
 
@@ -224,11 +229,19 @@ def run(
                              weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha)
     settings = verify_settings(samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
                                latency_seconds=latency_seconds)
-    outcome = _shown_on_failure(lambda: run_pipeline(
-        request, out=out, resume=resume,
-        export=ExportRequest(formats=_values(format), opset=opset, batch=batch, precisions=_values(precision),
-                             calibration=calibration.value if calibration else None),
-        verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
+    json_stdout = json_out is not None and str(json_out) == "-"
+    with tables_on_stderr(json_stdout):
+        outcome = _shown_on_failure(lambda: run_pipeline(
+            request, out=out, resume=resume,
+            export=ExportRequest(formats=_values(format), opset=opset, batch=batch, precisions=_values(precision),
+                                 calibration=calibration.value if calibration else None),
+            verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
+    if json_out is not None:
+        text = json.dumps(outcome.to_dict(), indent=2)
+        if json_stdout:
+            typer.echo(text)
+            return
+        files.write_text(json_out, text + "\n")
     console.print(run_table(outcome))
 
 

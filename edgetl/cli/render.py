@@ -28,6 +28,17 @@ console = Console(stderr=False, width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
 
+@contextlib.contextmanager
+def tables_on_stderr(active: bool = True) -> Iterator[None]:
+    """While stdout carries one JSON document (`--json -`), the tables go to stderr with the progress bars."""
+    if active:
+        console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console.file = None  # back to whatever sys.stdout is
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)

@@ -31,15 +31,17 @@ def _pct(x: float | None) -> str:
 
 def train_table(result: TrainSummary) -> Table:
     table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {shown(result.run_dir)}")
-    for col in ("phase", "epochs", "best val acc", "best val loss", "time", "gain"):
-        table.add_column(col, justify="left" if col == "phase" else "right")
+    for col in ("phase", "epochs", "best val acc", "best val loss", "time", "gain", "ended after"):
+        table.add_column(col, justify="left" if col in ("phase", "ended after") else "right")
     for p in result.phases:
-        epochs = f"{p.epochs}/{p.planned_epochs}" + (" (early stop)" if p.stopped_early else "")
+        epochs = f"{p.epochs}/{p.planned_epochs}"
         gain = "—" if p.val_acc_gain is None else f"{100 * p.val_acc_gain:+.1f} pts · {p.gain_per_minute:+.1f}/min"
-        table.add_row(Text(printable(p.name)), epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}", f"{p.seconds:.1f} s", gain)
+        ended = p.ended or ("an early stop" if p.stopped_early else "all its epochs")
+        table.add_row(Text(printable(p.name)), epochs, _pct(p.best_val_acc), f"{p.best_val_loss:.3f}",
+                      f"{p.seconds:.1f} s", gain, ended)
     table.add_section()
     table.add_row("best.pt", f"epoch {result.best_epoch}", _pct(result.best_val_acc), f"{result.best_val_loss:.3f}",
-                  f"{result.wall_seconds:.1f} s in all", "", style="bold")
+                  f"{result.wall_seconds:.1f} s in all", "", "", style="bold")
     return table
 
 
@@ -190,25 +192,29 @@ def run_table(outcome: Any) -> Table:
     inputs = verify.inputs or {}
     title = (f"edgetl run · {train.backbone} · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch})"
              f" · {outcome.seconds:.0f} s · {shown(train.run_dir)}")
-    table = Table(title=title, caption=f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images")
-    for col in ("model", "size", "accuracy", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
+    stages = " · ".join(f"{stage} {s:.1f} s" for stage, s in getattr(outcome, "stage_seconds", {}).items())
+    caption = f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images" + \
+        (f"\n{stages}; ships {outcome.shipped}" if stages else "")
+    table = Table(title=title, caption=caption)
+    for col in ("model", "size", "export s", "accuracy", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)",
+                "p50 ms (all)", "verify"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     latency, checks, parity = verify.latency, verify.checks, verify.parity
     reference_acc = next((p.get("reference_accuracy") for p in parity.values() if p), None)
-    table.add_row("checkpoint (PyTorch eager)", "—", _pct(reference_acc), "—", "—",
+    table.add_row("checkpoint (PyTorch eager)", "—", "—", _pct(reference_acc), "—", "—",
                   *(_p50(latency, "eager", t) for t in _threads(latency)), "—")
     for a in manifest.artifacts:
         p = parity.get(a.file) or {}
         mine = [c for c in checks if c["artifact"] == a.file]
         status = "—" if not mine else "[green]✓[/]" if all(c["passed"] for c in mine) else "[red]✗[/]"
-        table.add_row(a.file, _size(a.bytes), _pct(p.get("accuracy")), _g(p.get("max_abs_diff")),
+        table.add_row(a.file, _size(a.bytes), f"{a.seconds:.1f}", _pct(p.get("accuracy")), _g(p.get("max_abs_diff")),
                       _pct(p.get("top1_agreement")), *(_p50(latency, a.format, t, file=a.file) for t in _threads(latency)),
                       status)
     if scratch is not None:
         table.add_section()
-        table.add_row("best val acc, pretrained", "", _pct(train.best_val_acc), "", "", "", "", "")
-        table.add_row("best val acc, from scratch", "", _pct(scratch.best_val_acc), "", "", "", "", "")
-        table.add_row("pretrained weights bring", "", f"{100 * (train.best_val_acc - scratch.best_val_acc):+.1f} pts",
+        table.add_row("best val acc, pretrained", "", "", _pct(train.best_val_acc), "", "", "", "", "")
+        table.add_row("best val acc, from scratch", "", "", _pct(scratch.best_val_acc), "", "", "", "", "")
+        table.add_row("pretrained weights bring", "", "", f"{100 * (train.best_val_acc - scratch.best_val_acc):+.1f} pts",
                       "", "", "", "", "")
     return table
 

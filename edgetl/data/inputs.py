@@ -33,6 +33,9 @@ from edgetl.rundir import RunDir, read_split
 log = logging.getLogger(__name__)
 
 RANDOM_INPUTS = 4
+# Export's INT8 guard and verify judge a file on the whole val split up to this many images: all of it for the
+# few-hundred-photo sets this tool is for, and enough for a 1-point accuracy bar to mean something on bigger ones
+JUDGED_IMAGES = 5000
 Source = Path | Image.Image  # a file, or an already decoded image (torchvision's array datasets)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from edgetl import files
 from edgetl.compare.gate import BARS
 from edgetl.compare.parity import PARITY_BATCH, compare_logits, run_batched
-from edgetl.data.inputs import Inputs, calibration_images, gather_inputs
+from edgetl.data.inputs import JUDGED_IMAGES, Inputs, calibration_images, gather_inputs
 from edgetl.errors import EdgetlError
 from edgetl.export.manifest import Written
 from edgetl.formats import FORMATS
@@ -51,7 +51,7 @@ class QuantPlan:
     method: str = "minmax"  # measured: MinMax matched Entropy and Percentile on real photos, and is the fastest
     activations: str = "auto"  # uint8 | int8 | auto: quantize both, keep the faster on this CPU
     calibration_images: int = 200
-    guard_images: int = 200  # val images the guard judges on
+    guard_images: int = JUDGED_IMAGES  # val images the guard judges on: all of them, as verify does
     seed: int = 0
 
     def validate(self) -> None:
@@ -220,9 +220,11 @@ def _judge(fmt_name: str, fp32: Path, candidate: Path, val: Inputs, precision: s
     failing = [f"top-1 agreement {figures['top1_agreement']:.1%} < {bars.min_top1:.0%}"] \
         if figures["top1_agreement"] < bars.min_top1 else []
     if bars.max_accuracy_drop is not None and drop > bars.max_accuracy_drop:
-        failing.append(f"accuracy drop {100 * drop:.1f} pt > {100 * bars.max_accuracy_drop:.0f} pt")
+        failing.append(f"accuracy drop {100 * drop:.1f} pt > {100 * bars.max_accuracy_drop:.0f} pt on {len(x)} val "
+                       f"images ({100 * figures['accuracy']:.1f} % vs {100 * figures['reference_accuracy']:.1f} %)")
     holds = bars.max_accuracy_drop is None or drop <= bars.max_accuracy_drop
     return {"passed": not failing, "holds": holds, "accuracy_drop": drop, "why": "; ".join(failing) or "bars hold",
             "images": int(len(x)),
             "top1_agreement": figures["top1_agreement"], "accuracy": figures["accuracy"],
-            "fp32_accuracy": figures["reference_accuracy"], "max_rel_diff": figures["max_rel_diff"]}
+            "fp32_accuracy": figures["reference_accuracy"], "max_rel_diff": figures["max_rel_diff"],
+            "accuracy_ci": figures["accuracy_ci"], "fp32_accuracy_ci": figures["reference_accuracy_ci"]}

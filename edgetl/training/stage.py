@@ -328,19 +328,23 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                     "seconds": round(time.perf_counter() - t0, 3),
                     "images_per_s": round(len(train_data) / max(train_seconds, 1e-9), 1), "cached_features": cached,
                 }
-                metrics.append(record)
-                if main:
-                    files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
                 early.update(val_acc, val_loss, model)
                 if state.best.improved_by(val_acc=val_acc, val_loss=val_loss):
+                    early.beat_best = True
                     state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch,
                                       predicted=val.predicted, confidence=val.confidence)
                     if main:
                         save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model),
                                                                  "val_acc": val_acc, "val_loss": val_loss,
                                                                  "epoch": global_epoch})
-                stop_early = early.should_stop(recipe.patience)
-                phase_over = stop_early or e + 1 == phase.epochs
+                ended = phase_end(e + 1, planned=phase.epochs, early=early, patience=recipe.patience,
+                                  probe=recipe.probe if p > 0 else 0)
+                phase_over = ended is not None
+                if phase_over:  # why the phase ended, for train.json and the train table
+                    record["ended"] = ended
+                metrics.append(record)
+                if main:
+                    files.write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
                 if not phase_over:
                     save_last(resume_point(p, e + 1, early, optimizer, scheduler))
                 callbacks.epoch_end(record)
@@ -350,8 +354,9 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                         save_last(between_phases(p + 1))
                     raise TrainingInterrupted(f"stopped after epoch {global_epoch}; continue with: "
                                               f"{distributed.resume_command(run.root)}")
-                if stop_early:
-                    log.info("phase %s: val loss did not improve for %d epochs; stopping early", phase.name, recipe.patience)
+                if phase_over and ended != "planned":
+                    log.info("phase %s: %s; next phase", phase.name, ENDED[ended].format(
+                        patience=recipe.patience, probe=recipe.probe))
                     break
             early.restore_best(model)
             save_last(between_phases(p + 1))
@@ -379,6 +384,24 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
     return summary
 
 
+def phase_end(epoch: int, *, planned: int, early: EarlyStopping, patience: int, probe: int) -> str | None:
+    """Why a phase ends after its `epoch`-th epoch (1-based), or None when it goes on: its planned epochs are
+    done; `patience` epochs brought no better val figure; or, for a phase after the first (`probe` > 0), its first
+    `probe` epochs have not beaten best.pt (a deeper phase that does not pay at once rarely pays later)."""
+    if epoch >= planned:
+        return "planned"
+    if early.should_stop(patience):
+        return "patience"
+    if 0 < probe <= epoch and not early.beat_best:
+        return "no gain"
+    return None
+
+
+# Why a phase ended, in the words of train.json and the train table
+ENDED = {"planned": "all its epochs", "patience": "no better val figure in {patience} epochs",
+         "no gain": "not better than best.pt after {probe} epoch(s)"}
+
+
 def summarize_phases(recipe: Recipe, metrics: list[dict[str, Any]]) -> list[PhaseSummary]:
     out, best_before = [], 0.0
     for phase in recipe.phases:
@@ -390,6 +413,7 @@ def summarize_phases(recipe: Recipe, metrics: list[dict[str, Any]]) -> list[Phas
                 best_val_acc=best, best_val_loss=min(m["val_loss"] for m in rows),
                 seconds=round(sum(m["seconds"] for m in rows), 2), stopped_early=len(rows) < phase.epochs,
                 val_acc_gain=best - best_before,
+                ended=ENDED[rows[-1].get("ended", "planned")].format(patience=recipe.patience, probe=recipe.probe),
             ))
             best_before = max(best_before, best)
     return out

@@ -68,6 +68,7 @@ class EarlyStopping:
     bad: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     best_acc: float = -1.0  # absent from checkpoints written before accuracy decided
+    beat_best: bool = False  # an epoch of this phase improved on the run's best.pt
 
     def update(self, val_acc: float, val_loss: float, model: nn.Module) -> None:
         if better(val_acc, val_loss, than_acc=self.best_acc, than_loss=self.best_loss):

@@ -26,7 +26,7 @@ from edgetl.card import render_card, write_card
 from edgetl.compare.gate import BARS, Bars, Check, Gate
 from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched
 from edgetl.confusion import per_class, plot_confusion, same_figures
-from edgetl.data.inputs import Inputs, gather_inputs
+from edgetl.data.inputs import JUDGED_IMAGES, Inputs, gather_inputs
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
@@ -61,7 +61,7 @@ class VerifySettings:
     """The flags of `edgetl verify`; None for a bar means the precision's default (BARS) or no bar."""
 
     data: str | None = None  # images to check with; None: the run's validation split
-    samples: int = 32
+    samples: int | None = None  # real images to check on; None: the whole val split, up to JUDGED_IMAGES
     atol: float | None = None
     min_top1: float | None = None
     batch: int | None = None  # also timed, besides batch 1
@@ -80,7 +80,7 @@ class VerifySettings:
                   "--max-regression": self.max_regression}
         problems = [(value is not None and not math.isfinite(value), f"{flag} must be a finite number (got {value})")
                     for flag, value in finite.items()] + [
-            (self.samples < 0, f"--samples must be >= 0 (got {self.samples})"),
+            (self.samples is not None and self.samples < 0, f"--samples must be >= 0 (got {self.samples})"),
             (self.atol is not None and self.atol < 0, f"--atol must be >= 0 (got {self.atol})"),
             (self.min_top1 is not None and not 0 <= self.min_top1 <= 1,
              f"--min-top1 is a fraction in [0, 1] (got {self.min_top1})"),
@@ -224,7 +224,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     reference = torch_runner(model)
     progress("inputs")
     inputs = gather_inputs(run.root, labels=manifest.labels, preprocessing=manifest.preprocessing,
-                           data=settings.data, samples=settings.samples)
+                           data=settings.data, samples=JUDGED_IMAGES if settings.samples is None else settings.samples)
     report.warnings += inputs.warnings
     ref_logits = run_batched(reference, inputs.x, batch=PARITY_BATCH)
     report.inputs = inputs.info

@@ -47,7 +47,8 @@ def summary(**changes) -> TrainSummary:
     phases = [PhaseSummary(name="head", epochs=3, planned_epochs=3, best_val_acc=0.625, best_val_loss=0.9123,
                            seconds=4.25, stopped_early=False),  # a train.json from before val_acc_gain
               PhaseSummary(name="all", epochs=2, planned_epochs=5, best_val_acc=0.875, best_val_loss=0.4121,
-                           seconds=12.34, stopped_early=True, val_acc_gain=0.25)]
+                           seconds=12.34, stopped_early=True, val_acc_gain=0.25,
+                           ended="no better val figure in 3 epochs")]
     return TrainSummary(run_dir="artifacts/demo", backbone="mobilenet_v3_small", device="cpu", best_val_acc=0.875,
                         best_val_loss=0.4121, best_epoch=4, seconds=16.6, phases=phases, weights="imagenet",
                         wall_seconds=21.04, **changes)
@@ -90,10 +91,11 @@ def report() -> VerifyReport:
 def test_the_train_table_has_a_row_per_phase_and_the_best_checkpoint():
     text = render(train_table(summary()))
     assert "edgetl train · mobilenet_v3_small on cpu · artifacts/demo" in text
-    assert cells(text, "head") == ["head", "3/3", "62.5 %", "0.912", "4.2 s", "—"]
-    # +25 pts in 12.34 s: the gain per minute says whether the phase paid for its time
-    assert cells(text, "all") == ["all", "2/5 (early stop)", "87.5 %", "0.412", "12.3 s", "+25.0 pts · +121.6/min"]
-    assert cells(text, "best.pt") == ["best.pt", "epoch 4", "87.5 %", "0.412", "21.0 s in all", ""]
+    assert cells(text, "head") == ["head", "3/3", "62.5 %", "0.912", "4.2 s", "—", "all its epochs"]
+    # +25 pts in 12.34 s: the gain per minute says whether the phase paid for its time; the last column, why it ended
+    assert cells(text, "all") == ["all", "2/5", "87.5 %", "0.412", "12.3 s", "+25.0 pts · +121.6/min",
+                                  "no better val figure in 3 epochs"]
+    assert cells(text, "best.pt") == ["best.pt", "epoch 4", "87.5 %", "0.412", "21.0 s in all", "", ""]
 
 
 def test_the_parity_table_shows_figures_per_artifact_and_its_checks(report):
@@ -137,6 +139,25 @@ def test_the_run_table_puts_checkpoint_and_artifacts_side_by_side_with_the_scrat
     onnx = line_of(text, "model.onnx")
     assert f"{outcome.verify.parity['model.onnx']['max_abs_diff']:.2g}" in onnx and "✓" in onnx
     assert "+12.5 pts" in line_of(text, "pretrained weights bring")
+    timed = RunOutcome(**{**outcome.__dict__, "stage_seconds": {"train": 61.5, "export": 9.25, "verify": 12.0}})
+    text = render(run_table(timed))
+    assert "train 61.5 s · export 9.2 s · verify 12.0 s; ships model.onnx" in text  # no int8 file: fp32 ships
+    assert f"{timed.manifest.artifacts[0].seconds:.1f}" in line_of(text, "model.onnx")
+    doc = timed.to_dict()
+    assert doc["stage_seconds"] == {"train": 61.5, "export": 9.25, "verify": 12.0} and doc["shipped"] == "model.onnx"
+    assert set(doc["export_seconds"]) == {a.file for a in timed.manifest.artifacts}
+
+
+def test_run_ships_the_fastest_lower_precision_file_verify_says_ships(tmp_path):
+    run = RunDir(FIXTURE)
+    verify = rundir.read_verify_report(run.verify_json)
+    rows = [{"file": "model.int8.onnx", "decision": "ship", "speedup": 2.2},
+            {"file": "model.fp16.onnx", "decision": "ship", "speedup": 0.7},  # ships to fp16 hardware, not here
+            {"file": "model.int8.pte", "decision": "don't ship", "speedup": 3.0}]
+    outcome = RunOutcome(run_dir=tmp_path, train=rundir.read_train_summary(run.train_json),
+                         manifest=rundir.read_manifest(run.manifest), scratch=None, seconds=1.0,
+                         verify=verify.model_copy(update={"go_no_go": rows}))
+    assert outcome.shipped == "model.int8.onnx"
 
 
 def test_the_info_table_shows_every_stage_of_a_run(tmp_path):

@@ -154,3 +154,19 @@ def test_a_runtime_error_and_wrong_logits_are_failures_in_the_gate(inputs):
                            bars=BARS["fp32"])
     assert figures["max_abs_diff"] > 1e-4 and not gate.failures
     assert figures["atol_bar"] == pytest.approx(1e-4 * np.abs(large).max())
+
+
+def test_accuracy_comes_with_its_95_percent_interval_and_the_images_it_stands_on():
+    from edgetl.compare.parity import accuracy_interval
+
+    lo, hi = accuracy_interval(50, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)  # the Wilson score interval's textbook value
+    lo, hi = accuracy_interval(153, 153)
+    assert hi == 1.0 and 0.97 < lo < 0.98  # all right on 153 images still leaves ~2.5 points of doubt
+    assert accuracy_interval(0, 0) == [0.0, 1.0]
+    narrow, wide = accuracy_interval(900, 1000), accuracy_interval(90, 100)
+    assert wide[0] < narrow[0] < 0.9 < narrow[1] < wide[1]
+    ref = np.eye(3)[[0, 1, 2, 0]] * 5
+    figures = compare_logits(ref, ref, targets=np.array([0, 1, 2, -1]))
+    assert figures["labelled"] == 3 and figures["accuracy_ci"] == figures["reference_accuracy_ci"]
+    assert figures["accuracy_ci"][1] == 1.0 and figures["accuracy_ci"][0] < 1.0

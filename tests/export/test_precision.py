@@ -181,6 +181,18 @@ def test_the_go_no_go_says_one_word_with_the_reason(row, failures, decision, wor
     assert got == decision and words in reason
 
 
+def test_the_go_no_go_says_how_many_images_the_accuracy_stands_on_and_where_export_judged_otherwise():
+    row = {"precision": "int8", "speedup": 2.1, "size_ratio": 0.27, "accuracy_delta": -2 / 153, "images": 153,
+           "accuracy": 144 / 153, "accuracy_ci": [0.89, 0.97], "reference_accuracy": 146 / 153,
+           "reference_accuracy_ci": [0.91, 0.98], "export_guard": {"passed": True, "images": 153, "accuracy_drop": 0.0}}
+    _, reason = _decide(row, [])
+    assert "accuracy -1.3 pt on 153 images (94.1 % [89.0–97.0] vs 95.4 % [91.0–98.0], 95 % intervals)" in reason
+    assert "export's guard" not in reason  # the same images: one verdict, nothing to explain
+    row["export_guard"] = {"passed": False, "images": 200, "accuracy_drop": 0.02}
+    _, reason = _decide(row, [])
+    assert reason.endswith("; export's guard failed on 200 val images (-2.0 pt)")
+
+
 def test_the_recipe_export_table_sets_what_run_exports(straight, tmp_path):
     from edgetl.pipeline import ExportRequest
     from edgetl.rundir import RunDir

@@ -146,3 +146,43 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoi
     assert last["next_phase"] == 2 and last["global_epoch"] == len(good) == 4 + last["next_epoch"], \
         "the checkpoint of the last good epoch is kept"
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("epoch, bad, beat, expected", [
+    (1, 0, False, "no gain"),  # a deeper phase that has not beaten best.pt after its probe epoch ends
+    (1, 0, True, None),  # one that has goes on
+    (2, 2, True, "patience"),  # patience counts epochs without a better figure within the phase
+    (4, 0, True, "planned"),
+])
+def test_a_phase_ends_when_it_stops_paying(epoch, bad, beat, expected):
+    from edgetl.training.stage import phase_end
+    from edgetl.training.state import EarlyStopping
+
+    early = EarlyStopping(bad=bad, beat_best=beat)
+    assert phase_end(epoch, planned=4, early=early, patience=2, probe=1) == expected
+    assert phase_end(epoch, planned=4, early=early, patience=2, probe=0) != "no gain"  # the first phase: no probe
+
+
+def test_a_deeper_phase_that_does_not_beat_best_pt_ends_after_its_probe_epochs(tiny, tmp_path):
+    """Recomputed from metrics.jsonl with the rule for "best": every phase after the first either beat the run's
+    best within its first epoch or ended there, and train.json and the table say why each phase ended."""
+    from edgetl.recipe import load_recipe
+    from edgetl.training.state import better
+
+    data, recipe_path = tiny
+    recipe = load_recipe(str(recipe_path), overrides={"data": str(data), "probe_epochs": 1})
+    summary = train_run(recipe, run_dir=tmp_path / "run", device="cpu")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = (metrics[0]["val_acc"], metrics[0]["val_loss"])
+    for phase in recipe.phases:
+        rows = [m for m in metrics if m["phase"] == phase.name]
+        beat_at_first = better(rows[0]["val_acc"], rows[0]["val_loss"], than_acc=best[0], than_loss=best[1])
+        if phase is not recipe.phases[0] and not beat_at_first:
+            assert len(rows) == 1 and rows[-1]["ended"] == "no gain", phase.name
+        for m in rows:
+            if better(m["val_acc"], m["val_loss"], than_acc=best[0], than_loss=best[1]):
+                best = (m["val_acc"], m["val_loss"])
+        assert rows[-1]["ended"] in ("planned", "no gain") and all("ended" not in m for m in rows[:-1])
+    ended = {p.name: p.ended for p in summary.phases}
+    assert ended["head"] == "all its epochs" and set(ended.values()) <= {"all its epochs",
+                                                                         "not better than best.pt after 1 epoch(s)"}
