@@ -8,7 +8,8 @@
 
 Which scripts run:
 
-* --quick and --full: all nine (SCRIPTS), in that order. bench_gpu runs a CPU smoke test under --quick when there is no GPU;
+* --quick: all ten (SCRIPTS), in that order; --full: all but bench_run (QUICK_ONLY: its photo run goes by
+  itself, or with --only run). bench_gpu runs a CPU smoke test under --quick when there is no GPU;
   bench_ddp skips (exit 0, a JSON that says why) on a torch build without torch.distributed (gloo).
 * the default: train, inference, export, ddp, gpu and engines (DEFAULT) — bench_train on the sample data
   (quickstart recipe, 96 px, ~3 min on 2 cores), bench_inference and bench_export at 224 px on three backbones
@@ -40,14 +41,17 @@ import common  # noqa: E402
 # section (the key in the JSON) -> script, in the order they run
 SCRIPTS = {"train": "bench_train", "inference": "bench_inference", "export": "bench_export", "ddp": "bench_ddp",
            "gpu": "bench_gpu", "formats": "bench_formats", "quant": "bench_quant", "engines": "bench_engines",
-           "backbones": "bench_backbones"}
+           "backbones": "bench_backbones", "run": "bench_run"}
 DEFAULT = ("train", "inference", "export", "ddp", "gpu", "engines")  # CPU-sized: about 10 min on 2 cores
+QUICK_ONLY = ("run",)  # the photo chain runs by itself (or with --only); run_all takes only its --quick smoke test
 
 
 def sections_for(mode: str, only: list[str] | None) -> list[str]:
     if only:
         return [s for s in SCRIPTS if s in only]
-    return list(DEFAULT) if mode == "default" else list(SCRIPTS)
+    if mode == "default":
+        return list(DEFAULT)
+    return [s for s in SCRIPTS if mode == "quick" or s not in QUICK_ONLY]
 
 
 def run_script(script: str, *, mode: str, out: Path) -> tuple[dict[str, Any] | None, float, int]:
@@ -173,9 +177,22 @@ def backbones_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def run_rows(data: dict[str, Any]) -> list[Row]:
+    s = data["summary"]
+    case = f"{s['edgetl_shipped']} vs plain int8"
+    return [("run", case, "shipped: val acc (edgetl vs plain)",
+             f"{100 * s['shipped_accuracy']['edgetl']:.1f} % vs {100 * s['shipped_accuracy']['plain']:.1f} %"),
+            ("run", case, "shipped: p50 2 thr (edgetl vs plain)",
+             f"{s['shipped_p50_ms']['edgetl']:.2f} vs {s['shipped_p50_ms']['plain']:.2f} ms"),
+            ("run", case, "photos to shipped file, stages (edgetl/plain)",
+             f"{s['stages_total_s']['edgetl']:.0f} s / {s['stages_total_s']['plain']:.0f} s = "
+             f"{common.fmt(s['ratios_edgetl_over_plain']['stages_total_s'], '.2f', '×')}")]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "train": train_rows, "inference": inference_rows, "export": export_rows, "ddp": ddp_rows, "gpu": gpu_rows,
-    "formats": formats_rows, "quant": quant_rows, "engines": engines_rows, "backbones": backbones_rows}
+    "formats": formats_rows, "quant": quant_rows, "engines": engines_rows, "backbones": backbones_rows,
+    "run": run_rows}
 
 
 def summary_rows(results: dict[str, Any]) -> list[Row]:
