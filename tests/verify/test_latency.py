@@ -48,7 +48,8 @@ def test_time_runner_times_at_least_min_iterations_and_orders_its_percentiles(tm
     threads_before = torch.get_num_threads()
     t = time_runner(make, runtime="onnx", x=x, threads=1, plan=QUICK, file=file)
     assert torch.get_num_threads() == threads_before, "time_runner left PyTorch's thread count changed"
-    assert t.iterations >= QUICK.min_iterations and t.warmup == QUICK.warmup
+    # warm-up goes on past plan.warmup while calls still get 2x faster (a stub runner's first calls can)
+    assert t.iterations >= QUICK.min_iterations and t.warmup >= QUICK.warmup
     assert len(calls) == t.iterations + t.warmup and set(calls) == {4}
     assert 0 < t.p50_ms <= t.p90_ms <= t.p99_ms
     assert t.cold_start_ms >= 20 and t.first_call_ms > 0 and t.rss_delta_mb >= 0
