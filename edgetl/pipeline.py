@@ -294,15 +294,14 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
         yield
         seconds[stage] = round(time.perf_counter() - began, 2)
 
-    with timed("train"):
-        if "train" in todo and resume is None:
-            train_stage(request, out=run_dir, hooks=hooks)
-        elif "train" in todo and run.checkpoint("last").is_file():
-            train_stage(request, resume=run_dir, hooks=hooks)
-        elif "train" in todo:  # resumed before the first epoch ended: start over, from the run's own recipe
-            train_stage(dataclasses.replace(request, recipe=str(run.recipe)), out=run_dir, hooks=hooks)
-    if "train" not in todo:
-        del seconds["train"]
+    if "train" in todo:
+        with timed("train"):
+            if resume is None:
+                train_stage(request, out=run_dir, hooks=hooks)
+            elif run.checkpoint("last").is_file():
+                train_stage(request, resume=run_dir, hooks=hooks)
+            else:  # resumed before the first epoch ended: start over, from the run's own recipe
+                train_stage(dataclasses.replace(request, recipe=str(run.recipe)), out=run_dir, hooks=hooks)
     if "export" in todo:
         with timed("export"):
             export_stage(run_dir, export, hooks=hooks)

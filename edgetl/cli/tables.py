@@ -192,7 +192,7 @@ def run_table(outcome: Any) -> Table:
     inputs = verify.inputs or {}
     title = (f"edgetl run · {train.backbone} · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch})"
              f" · {outcome.seconds:.0f} s · {shown(train.run_dir)}")
-    stages = " · ".join(f"{stage} {s:.1f} s" for stage, s in getattr(outcome, "stage_seconds", {}).items())
+    stages = " · ".join(f"{stage} {s:.1f} s" for stage, s in outcome.stage_seconds.items())
     caption = f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images" + \
         (f"\n{stages}; ships {outcome.shipped}" if stages else "")
     table = Table(title=title, caption=caption)

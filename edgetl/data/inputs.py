@@ -136,7 +136,7 @@ def _array_entries(name: str, listed: list, warnings: list[str]) -> list[tuple[S
     except DataError as e:
         _warn(warnings, f"{e}; no images to check with")
         return []
-    return list(array_images(sets, listed))
+    return array_images(sets, listed)
 
 
 def _pick(entries: list[tuple[Source, str | None]], n: int) -> list[tuple[Source, str | None]]:
