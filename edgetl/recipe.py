@@ -145,8 +145,8 @@ class ExportSection(_Strict):
     formats: list[str] | None = Field(None, min_length=1)
     precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
     calibration: CalibrationMethod = "minmax"
-    calibration_images: int = Field(200, ge=1, le=10_000)  # train images, a seeded draw over classes
-    activations: Activations = "auto"
+    calibration_images: int = Field(128, ge=1, le=10_000)  # train images, a seeded draw over classes
+    activations: Activations = "uint8"
 
 
 class Recipe(_Strict):

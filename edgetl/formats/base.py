@@ -122,12 +122,14 @@ class Derivation:
     `prepare` turns the Source into what every attempt starts from (ONNX: its pre-processed graph), once; `make`
     writes one attempt to `out` and returns how it was made, for the manifest. INT8's make also takes
     `calibration` (float32 NCHW train images), `method`, `activations` and `exclude` (layers kept float); the
-    guard keeps `ends` float first, then the `noisiest` layers of a failed attempt, at most a share of `size`.
+    guard keeps `ends` float first (from the first attempt where `ends_float_from_start`: the format measured them
+no slower float), then the `noisiest` layers of a failed attempt, at most a share of `size`.
     """
 
     make: Callable[..., dict[str, Any]]
     prepare: Callable[[Source, Path], Any] = field(default=lambda source, folder: source)
     ends: Callable[[Any], list[str]] = field(default=lambda prepared: [])
+    ends_float_from_start: bool = False
     size: Callable[[Any], int] = field(default=lambda prepared: 0)
     # (prepared, failed attempt, images) -> layer names, noisiest first; None: the format cannot rank them
     noisiest: Callable[[Any, Path, np.ndarray], list[str]] | None = None

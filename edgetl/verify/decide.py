@@ -53,7 +53,7 @@ def _guard(quantization: dict[str, Any] | None) -> dict[str, Any] | None:
     kept = rounds[guard.get("kept_round", len(rounds) - 1)] if rounds else None
     if not kept or not kept.get("images"):
         return None
-    return {"passed": kept.get("holds"), "images": kept["images"], "accuracy_drop": kept.get("accuracy_drop")}
+    return {"passed": kept.get("passed"), "images": kept["images"], "accuracy_drop": kept.get("accuracy_drop")}
 
 
 def _accuracy_words(row: dict[str, Any]) -> str:

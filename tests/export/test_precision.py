@@ -103,24 +103,37 @@ def test_auto_activations_times_both_types_here_and_keeps_the_faster(straight, t
     assert quantization["activations"] == min(timed, key=timed.get)
 
 
-def test_the_guard_keeps_the_ends_then_the_noisiest_nodes_float_and_keeps_the_best_round(straight, tmp_path,
-                                                                                         monkeypatch):
+def test_the_guard_starts_with_the_ends_float_then_adds_the_noisiest_nodes_and_keeps_the_best_round(
+        straight, tmp_path, monkeypatch):
     from edgetl.formats.onnx_precision import boundary_nodes, preprocessed
 
     _, run = straight
     run = shutil.copytree(run, tmp_path / "run")
-    # An impossible bar: every round fails, so the guard keeps the ends float, then 2 more nodes, then stops.
+    # An impossible bar: every round fails, so the guard adds 2 more float nodes per round to the ends, then stops.
     monkeypatch.setitem(precision_module.BARS, "int8", Bars(min_top1=0.0, max_accuracy_drop=-1.0))
     monkeypatch.setattr(precision_module, "GUARD_ROUNDS", 2)
     result = export_run(run, formats=["onnx"], precisions=["int8"], plan=PLAN)
     guard = result.artifacts[1].quantization["guard"]
     excluded = [r["excluded_nodes"] for r in guard["rounds"]]
     ends = boundary_nodes(preprocessed(run / "export" / "model.onnx", tmp_path))
-    assert len(ends) == 2 and excluded[0] == [] and excluded[1] == ends and excluded[2][:2] == ends
-    assert len(excluded[2]) == 4 and guard["passed"] is False
+    assert len(ends) >= 2 and excluded[0] == ends and excluded[1][:len(ends)] == ends
+    assert [len(e) for e in excluded] == [len(ends), len(ends) + 2, len(ends) + 4] and guard["passed"] is False
+    assert all("accuracy drop" in r["why"] for r in guard["rounds"])
     ranks = [(r["accuracy_drop"], -r["top1_agreement"], len(r["excluded_nodes"])) for r in guard["rounds"]]
-    assert guard["kept_round"] == ranks.index(min(ranks))  # none holds: the smallest drop (then agreement) is kept
+    assert guard["kept_round"] == ranks.index(min(ranks))  # none passes: the smallest drop (then agreement) is kept
     assert guard["excluded_nodes"] == excluded[guard["kept_round"]]
+
+
+def test_the_guard_acts_on_every_bar_so_export_and_verify_agree(straight, tmp_path, monkeypatch):
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    # An agreement bar no file meets (drop bar lax): the guard must not stop after the first round.
+    monkeypatch.setitem(precision_module.BARS, "int8", Bars(min_top1=1.01, max_accuracy_drop=1.0))
+    monkeypatch.setattr(precision_module, "GUARD_ROUNDS", 1)
+    result = export_run(run, formats=["onnx"], precisions=["int8"], plan=PLAN)
+    guard = result.artifacts[1].quantization["guard"]
+    assert len(guard["rounds"]) == 2 and guard["passed"] is False
+    assert "top-1 agreement" in guard["rounds"][0]["why"]
 
 
 @pytest.mark.parametrize("args, message", [
