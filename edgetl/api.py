@@ -107,12 +107,16 @@ class Run:
 
     def export(self, formats: str | Sequence[str] | None = None, precisions: str | Sequence[str] | None = None, *,
                opset: int | None = None, batch: int | None = None, checkpoint: str = "best",
-               out: PathLike | None = None, calibration: str | None = None, progress: Progress = None) -> Manifest:
+               out: PathLike | None = None, calibration: str | None = None, input_type: str | None = None,
+               output_type: str | None = None, progress: Progress = None) -> Manifest:
         """Fold and write `formats` ("onnx", "torchscript", "executorch", "litert", "all"; default the recipe's
         [export] formats, else onnx and torchscript) at `precisions` ("fp32", "int8", "fp16"), the model card and
-        the manifest into RUN/export (or `out`); the manifest written."""
+        the manifest into RUN/export (or `out`); the manifest written. `input_type="uint8"`: every file takes the
+        device's uint8 NHWC crop; `output_type="probs"`: every file ends in a softmax (default: the recipe's
+        [export] input / output, else float and logits)."""
         request = ExportRequest(formats=_names(formats), opset=opset, batch=batch, checkpoint=checkpoint,
-                                out=_path(out), precisions=_names(precisions), calibration=calibration)
+                                out=_path(out), precisions=_names(precisions), calibration=calibration,
+                                input_type=input_type, output_type=output_type)
         return pipeline.export_stage(self.path, request, hooks=hooks_for(progress)).manifest
 
     def verify(self, data: PathLike | None = None, *, samples: int | None = None, atol: float | None = None,

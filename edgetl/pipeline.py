@@ -50,6 +50,13 @@ class ExportRequest:
     out: Path | None = None
     precisions: tuple[str, ...] | None = None  # None: the run recipe's [export] precisions, else fp32
     calibration: str | None = None  # None: the recipe's, else minmax
+    input_type: str | None = None  # None: the recipe's [export] input, else float
+    output_type: str | None = None  # None: the recipe's [export] output, else logits
+
+    def io_for(self, section: ExportSection | None) -> tuple[str, str]:
+        """What the files take and give: flags first, then the recipe's [export] table, then float and logits."""
+        return (self.input_type or (section.input if section else "float"),
+                self.output_type or (section.output if section else "logits"))
 
     def formats_for(self, section: ExportSection | None) -> tuple[str, ...]:
         """The formats to write: flags first, then the recipe's [export] table (`section`), then the core formats
@@ -185,9 +192,11 @@ def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hoo
     require_run(run_dir, recipe=False)  # a bare checkpoint folder exports: the checkpoint describes itself
     precisions, plan = request.plan(run_dir)
     with files.locked(run_dir), _out_locked(run_dir, request.out), hooks.exporting():
-        result = export_run(run_dir, formats=request.formats_for(export_section(run_dir)), opset=request.opset,
-                            batch=request.batch,
-                            checkpoint=request.checkpoint, out=request.out, precisions=precisions, plan=plan)
+        section = export_section(run_dir)
+        input_type, output_type = request.io_for(section)
+        result = export_run(run_dir, formats=request.formats_for(section), opset=request.opset, batch=request.batch,
+                            checkpoint=request.checkpoint, out=request.out, precisions=precisions, plan=plan,
+                            input_type=input_type, output_type=output_type)
     hooks.exported(result)
     return result
 

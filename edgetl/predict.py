@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import rundir
-from edgetl.compare.parity import softmax
 from edgetl.errors import DataError, EdgetlError, RunDirError, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import ENGINE_FORMAT, FORMATS
-from edgetl.formats.base import Runner
+from edgetl.formats.base import Runner, adapt
+from edgetl.formats.device_io import softmax
 from edgetl.formats.engines import REFERENCE_ENGINE, load_engine, require_engine
 from edgetl.images import UnusableImageError
 from edgetl.preprocessing import preprocess_image
@@ -116,6 +116,7 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
         else:
             runner = runtime.load(path, threads=threads)
         embedded = runtime.read_meta(path)
+        runner = adapt(runner, embedded)  # a device-input file still takes the float images decoded here
     except EdgetlError:  # its runtime is an extra that is not installed: the message names the pip command
         raise
     except Exception as e:  # noqa: BLE001 — a file its runtime refuses is a damaged export, not a crash
@@ -139,7 +140,7 @@ def load_artifact(export_dir: Path, manifest: Manifest, *, threads: int | None =
         _check_output_size(path, logits.shape[-1], manifest)
         return logits
 
-    return Runner(run=run, inputs=runner.inputs, outputs=runner.outputs)
+    return Runner(run=run, inputs=runner.inputs, outputs=runner.outputs, takes=runner.takes, gives=runner.gives)
 
 
 def _check_output_size(path: Path, size: int, manifest: Manifest) -> None:
@@ -191,7 +192,8 @@ def _predict_batch(runner: Runner, images: Sequence[str | os.PathLike], manifest
         x = np.stack(list(decoded.values()))
         if fixed:  # a fixed-batch export takes exactly its batch: pad the last one
             x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
-        probs = softmax(runner(x))[:len(decoded)]
+        out = runner(x)
+        probs = (out if runner.gives == "probs" else softmax(out))[:len(decoded)]
         labels = manifest.labels
         for i, p in zip(decoded, probs):
             order = np.argsort(-p)[:k]

@@ -30,6 +30,10 @@ Activations = Literal["auto", "uint8", "int8"]  # INT8 activation type; auto: th
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 ACTIVATIONS: tuple[str, ...] = get_args(Activations)
+InputType = Literal["float", "uint8"]  # what exported files take: float32 NCHW normalized, or the device's uint8 NHWC crop
+OutputType = Literal["logits", "probs"]
+INPUT_TYPES: tuple[str, ...] = get_args(InputType)
+OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # a link to the top-level recipes/ folder; shipped as package data
 
@@ -147,6 +151,8 @@ class ExportSection(_Strict):
     calibration: CalibrationMethod = "minmax"
     calibration_images: int = Field(128, ge=1, le=10_000)  # train images, a seeded draw over classes
     activations: Activations = "uint8"
+    input: InputType = "float"  # uint8: every file takes the device's uint8 [batch, crop, crop, 3] RGB crop
+    output: OutputType = "logits"  # probs: a softmax at the end of every file
 
 
 class Recipe(_Strict):

@@ -42,6 +42,7 @@ from edgetl.cli.options import (
     ExportRunArg,
     FormatOpt,
     ImagesArg,
+    InputTypeOpt,
     JsonOpt,
     LatencySecondsOpt,
     LoraAlphaOpt,
@@ -51,6 +52,7 @@ from edgetl.cli.options import (
     MinTop1Opt,
     OpsetOpt,
     OutOpt,
+    OutputTypeOpt,
     PrecisionOpt,
     PredictFormatOpt,
     PredictJsonOpt,
@@ -198,12 +200,15 @@ def verify(
 def export(
     run_dir: ExportRunArg, format: FormatOpt = None, opset: OpsetOpt = None, batch: ExportBatchOpt = None,
     checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, precision: PrecisionOpt = None,
-    calibration: CalibrationOpt = None, verbose: VerboseOpt = False,
+    calibration: CalibrationOpt = None, input: InputTypeOpt = None, output: OutputTypeOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fold BatchNorm (and LoRA), write ONNX and TorchScript (ExecuTorch, LiteRT; fp16 / INT8), a model card and a manifest into RUN/export."""
     _setup_logging(verbose)
     Run(run_dir).export(_values(format), _values(precision), opset=opset, batch=batch, checkpoint=checkpoint.value,
-                        out=out, calibration=calibration.value if calibration else None, progress=RichHooks())
+                        out=out, calibration=calibration.value if calibration else None,
+                        input_type=input.value if input else None, output_type=output.value if output else None,
+                        progress=RichHooks())
 
 
 @command
@@ -214,7 +219,8 @@ def run(
     opset: OpsetOpt = None, batch: ExportBatchOpt = None, samples: SamplesOpt = None, atol: AtolOpt = None,
     min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
     compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, precision: PrecisionOpt = None,
-    calibration: CalibrationOpt = None, verbose: VerboseOpt = False, json_out: RunJsonOpt = None,
+    calibration: CalibrationOpt = None, input: InputTypeOpt = None, output: OutputTypeOpt = None,
+    verbose: VerboseOpt = False, json_out: RunJsonOpt = None,
 ) -> None:
     """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage.
 
@@ -234,7 +240,9 @@ def run(
         outcome = _shown_on_failure(lambda: run_pipeline(
             request, out=out, resume=resume,
             export=ExportRequest(formats=_values(format), opset=opset, batch=batch, precisions=_values(precision),
-                                 calibration=calibration.value if calibration else None),
+                                 calibration=calibration.value if calibration else None,
+                                 input_type=input.value if input else None,
+                                 output_type=output.value if output else None),
             verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
     if json_out is not None:
         text = json.dumps(outcome.to_dict(), indent=2)

@@ -15,7 +15,7 @@ import typer
 
 from edgetl.formats import FORMATS
 from edgetl.formats.engines import ENGINES
-from edgetl.recipe import CALIBRATION_METHODS, PRECISIONS
+from edgetl.recipe import CALIBRATION_METHODS, INPUT_TYPES, OUTPUT_TYPES, PRECISIONS
 
 
 class Device(str, Enum):
@@ -35,6 +35,8 @@ RuntimeChoice = Enum("RuntimeChoice", {name: name for name in ENGINES}, type=str
 # The recipe schema's export vocabulary (edgetl.recipe): one list for the flags, the recipe and the code.
 Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)
 Calibration = Enum("Calibration", {name: name for name in CALIBRATION_METHODS}, type=str)
+InputType = Enum("InputType", {name: name for name in INPUT_TYPES}, type=str)
+OutputType = Enum("OutputType", {name: name for name in OUTPUT_TYPES}, type=str)
 
 
 class Checkpoint(str, Enum):
@@ -80,7 +82,9 @@ LatencySecondsOpt = Annotated[float, typer.Option("--latency-seconds", help="Tim
 ExportRunArg = Annotated[Path, typer.Argument(help="Run directory, trained (`edgetl train`).")]
 FormatOpt = Annotated[Optional[list[FormatChoice]], typer.Option("--format", "-f", help="What to write, repeatable; `all` for every format (default: the recipe's \\[export] formats, else onnx and torchscript). executorch and litert need `pip install 'edgetl\\[all]'`.")]
 PredictFormatOpt = Annotated[Optional[OneFormat], typer.Option("--format", "-f", help="Use the file of this format (default: the first listed, ONNX).")]
-PrecisionOpt = Annotated[Optional[list[Precision]], typer.Option("--precision", "-p", help=f"{' | '.join(PRECISIONS)}, repeatable; each its own file beside the fp32 one (default: the recipe's [export] precisions, else fp32).")]
+PrecisionOpt = Annotated[Optional[list[Precision]], typer.Option("--precision", "-p", help=f"{' | '.join(PRECISIONS)}, repeatable; each its own file beside the fp32 one (default: the recipe's \\[export] precisions, else fp32).")]
+InputTypeOpt = Annotated[Optional[InputType], typer.Option("--input", help="What every file takes: float (NCHW, normalized) or uint8 (the device's \\[batch, crop, crop, 3] RGB crop; /255, normalization and layout inside the file). Default: the recipe's \\[export] input, else float.")]
+OutputTypeOpt = Annotated[Optional[OutputType], typer.Option("--output", help="What every file returns: logits or probs (a softmax inside the file). Default: the recipe's \\[export] output, else logits.")]
 CalibrationOpt = Annotated[Optional[Calibration], typer.Option("--calibration", help="INT8 calibration method (default: the recipe's, else minmax).")]
 PredictPrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", "-p", help="Use the file of this precision (default: the first listed, fp32).")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's own, 20 on torch 2.14).")]

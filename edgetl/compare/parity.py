@@ -18,6 +18,7 @@ from edgetl.compare.gate import Bars, Gate
 from edgetl.data.inputs import Inputs
 from edgetl.errors import describe_error
 from edgetl.formats.base import Runner
+from edgetl.formats.device_io import softmax
 from edgetl.rundir import Manifest
 
 PARITY_BATCH = 16  # images per call when the export has a dynamic batch: bounded memory at any input size
@@ -85,11 +86,6 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float | None:
     """Top-1 accuracy over the rows with a target (>= 0); None when no row has one."""
     labelled = targets >= 0
     return float((logits[labelled].argmax(axis=1) == targets[labelled]).mean()) if labelled.any() else None
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, inputs: Inputs,

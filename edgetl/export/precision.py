@@ -35,6 +35,7 @@ from edgetl.errors import EdgetlError
 from edgetl.export.manifest import Written
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Source
+from edgetl.formats.device_io import to_device_input
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import ACTIVATIONS, CALIBRATION_METHODS, PRECISIONS
 
@@ -94,6 +95,8 @@ def derive_precision(fmt_name: str, precision: str, source: Source, folder: Path
         if precision == "int8":
             calibration, drawn = calibration_images(run_dir, labels=meta.labels, preprocessing=prep,
                                                     samples=plan.calibration_images, seed=plan.seed)
+            if meta.input == "uint8":  # the file takes the device's crops: calibrate on exactly those
+                calibration = to_device_input(calibration, mean=prep.mean, std=prep.std)
             if len(calibration) == 0:
                 raise EdgetlError(f"no train images to calibrate INT8 on (split.json of {run_dir}) — INT8 needs "
                                   f"the run's data folder on this machine")
@@ -210,7 +213,7 @@ def _p50_ms(runner: Any, x: np.ndarray, *, seconds: float = 0.5, warmup: int = 3
 def _judge(fmt_name: str, fp32: Path, candidate: Path, val: Inputs, precision: str) -> dict[str, Any]:
     """The candidate against the fp32 file on the guard's val images, by verify's bars for `precision`:
     `passed` (every bar; None when there are no labelled images to judge on)."""
-    load = FORMATS[fmt_name].load
+    load = FORMATS[fmt_name].open
     labelled = val.targets >= 0
     if not labelled.any():
         return {"passed": None, "why": "no labelled val images to judge on", "images": 0, "accuracy_drop": 0.0}

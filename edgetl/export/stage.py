@@ -32,7 +32,9 @@ from edgetl.export.manifest import Written, build_manifest
 from edgetl.export.precision import QuantPlan, check_precisions, derive_precision
 from edgetl.formats import DEFAULT_FORMATS, FORMATS, resolve_formats
 from edgetl.formats.base import ExportMeta, Source
+from edgetl.formats.device_io import device_model, to_device_input
 from edgetl.model.checkpoint import check_belongs, checkpoint_meta, load_model
+from edgetl.recipe import INPUT_TYPES, OUTPUT_TYPES
 from edgetl.rundir import CheckpointMeta, Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,13 @@ def _check_belongs(run: RunDir, path: Path, ckpt: dict) -> None:
     check_belongs(ckpt, backbone=backbone, labels=labels, source=path)
 
 
+def check_io(input_type: str, output_type: str) -> None:
+    if input_type not in INPUT_TYPES:
+        raise EdgetlError(f"unknown input type {input_type!r}; known: {', '.join(INPUT_TYPES)}")
+    if output_type not in OUTPUT_TYPES:
+        raise EdgetlError(f"unknown output type {output_type!r}; known: {', '.join(OUTPUT_TYPES)}")
+
+
 def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployReport]:
     """deploy_model, refusing a fold whose outputs drift beyond FOLD_ATOL per unit of logit scale."""
     deployed, report = deploy_model(model, example=x)
@@ -202,12 +211,16 @@ def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployRe
 
 def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS), opset: int | None = None,
                batch: int | None = None, checkpoint: str = "best", out: Path | None = None,
-               precisions: Sequence[str] = ("fp32",), plan: QuantPlan = QuantPlan()) -> ExportResult:
+               precisions: Sequence[str] = ("fp32",), plan: QuantPlan = QuantPlan(), input_type: str = "float",
+               output_type: str = "logits") -> ExportResult:
     """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export.
 
     Every format writes its fp32 file; each lower precision in `precisions` is made from it by the formats
-    that can (`Format.derive`), beside it: the fp32 file stays, the reference its speed-up is measured against."""
+    that can (`Format.derive`), beside it: the fp32 file stays, the reference its speed-up is measured against.
+    `input_type` "uint8" and `output_type` "probs" make every file take the device's uint8 NHWC crop and return
+    probabilities (`edgetl.formats.device_io`)."""
     run_dir = Path(run_dir)
+    check_io(input_type, output_type)
     names = check_request(formats, opset=opset, batch=batch, checkpoint=checkpoint)
     check_precisions(names, list(precisions))
     plan.validate()
@@ -228,10 +241,17 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
     deployed, report = fold_checked(model, x)
     macs = count_macs(deployed, x[:1])
     meta = ExportMeta(backbone=ckpt.backbone, labels=list(ckpt.labels), preprocessing=ckpt.preprocessing.to_dict(),
-                      recipe_sha256=ckpt.recipe_sha256, batch=batch, opset=opset)
+                      recipe_sha256=ckpt.recipe_sha256, batch=batch, opset=opset, input=input_type,
+                      output=output_type)
     # The traced batch: 2 for a dynamic axis (torch.export specialises sizes 0 and 1), else exactly `batch`.
     n = batch or 2
     example = x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
+    if (input_type, output_type) != ("float", "logits"):
+        prep = ckpt.preprocessing
+        deployed = device_model(deployed, mean=prep.mean, std=prep.std, uint8_input=input_type == "uint8",
+                                probs=output_type == "probs")
+        if input_type == "uint8":
+            example = torch.from_numpy(to_device_input(example.numpy(), mean=prep.mean, std=prep.std))
 
     try:
         tmp = files.make_temp_dir(out, prefix=f"{out.name}.tmp-")

@@ -16,7 +16,7 @@ import importlib.metadata
 import importlib.util
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME, OUTPUT_NAME, PROBS_NAME = "input", "logits", "probs"
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,14 @@ class ExportMeta:
     recipe_sha256: str | None
     batch: int | None  # None: dynamic batch axis
     opset: int | None  # None: the exporter's default
+    input: str = "float"  # float32 NCHW normalized | uint8: the device's NHWC crop (edgetl.formats.device_io)
+    output: str = "logits"  # logits | probs (a softmax in the graph)
 
     def describe(self, precision: str = "fp32") -> dict[str, str]:
         """Flat string metadata (ONNX metadata_props, TorchScript extra file)."""
         return {"labels": json.dumps(self.labels), "preprocessing": json.dumps(self.preprocessing),
                 "edgetl_version": __version__, "backbone": self.backbone, "recipe_sha256": self.recipe_sha256 or "",
-                "precision": precision}
+                "precision": precision, "input_type": self.input, "output_type": self.output}
 
     def io(self, *, batch: int | None = None) -> dict[str, dict[str, Any]]:
         """The input and output tensors: name, shape ("batch" for a dynamic axis), dtype; `batch`: a file's own
@@ -55,8 +57,14 @@ class ExportMeta:
         batch = self.batch if batch is None else batch
         dim: int | str = "batch" if batch is None else batch
         size = self.preprocessing["crop_size"]
-        return {"input": {"name": INPUT_NAME, "shape": [dim, 3, size, size], "dtype": "float32"},
-                "output": {"name": OUTPUT_NAME, "shape": [dim, len(self.labels)], "dtype": "float32"}}
+        image = {"shape": [dim, size, size, 3], "dtype": "uint8"} if self.input == "uint8" else \
+            {"shape": [dim, 3, size, size], "dtype": "float32"}
+        return {"input": {"name": INPUT_NAME, **image},
+                "output": {"name": self.output_name, "shape": [dim, len(self.labels)], "dtype": "float32"}}
+
+    @property
+    def output_name(self) -> str:
+        return PROBS_NAME if self.output == "probs" else OUTPUT_NAME
 
     def own_io(self, io: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """A file's io for its manifest entry: empty when it is the export's (the manifest's input/output)."""
@@ -76,11 +84,14 @@ class Signature:
 
 @dataclass
 class Runner:
-    """A loaded model file: call it on float32 NCHW numpy, get logits back."""
+    """A loaded model file: call it on float32 NCHW numpy, get logits (or, where `gives` says, probabilities)
+    back. A device-input file (`takes` uint8) also accepts its uint8 NHWC crops directly."""
 
     run: Callable[[np.ndarray], np.ndarray]
     inputs: list[Signature] | None = None  # None: the format declares no names and shapes (TorchScript)
     outputs: list[Signature] | None = None
+    takes: str = "float"
+    gives: str = "logits"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(x)
@@ -159,6 +170,12 @@ class Format:
     @property
     def all_precisions(self) -> tuple[str, ...]:
         return (*self.precisions, *self.derive)
+
+    def open(self, path: Path, *, threads: int | None = None) -> Runner:
+        """`load`, then callable on float NCHW normalized images whatever the file takes (its embedded metadata
+        says: `edgetl.formats.device_io.adapt`); what every stage runs a file with."""
+        runner = self.load(path, threads=threads)
+        return adapt(runner, self.read_meta(path))
 
     def missing(self) -> str | None:
         """One line naming the pip command when the optional extra this format needs is not installed."""
@@ -247,3 +264,27 @@ def torch_runner(module: nn.Module) -> Runner:
         return out.numpy()
 
     return Runner(run=run)
+
+
+def adapt(runner: Runner, embedded: dict[str, Any] | None) -> Runner:
+    """A loaded file as the rest of edgetl calls it (float NCHW normalized in), by what the file says of itself
+    (`input_type`, `output_type`, `preprocessing` in its embedded metadata). A float-input logits file comes back
+    as is."""
+    embedded = embedded or {}
+    takes, gives = embedded.get("input_type", "float"), embedded.get("output_type", "logits")
+    if takes == "float" and gives == "logits":
+        return runner
+    if takes == "uint8":
+        from edgetl.formats.device_io import to_device_input
+
+        prep = embedded.get("preprocessing")
+        mean, std = (prep.get("mean"), prep.get("std")) if isinstance(prep, dict) else (None, None)
+        if mean is None or std is None:
+            raise ValueError("the file takes uint8 images but carries no mean/std to make them from")
+        run_uint8 = runner.run
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return run_uint8(x if x.dtype == np.uint8 else to_device_input(x, mean=mean, std=std))
+
+        runner = replace(runner, run=run)
+    return replace(runner, takes=takes, gives=gives)

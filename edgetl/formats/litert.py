@@ -27,7 +27,6 @@ import numpy as np
 
 from edgetl.formats.base import (
     INPUT_NAME,
-    OUTPUT_NAME,
     Derivation,
     ExportMeta,
     Format,
@@ -51,7 +50,7 @@ META_NAME = "edgetl"  # the flatbuffer metadata entry holding the file's descrip
 SIGNATURE = "serving_default"
 
 
-def _named(model: nn.Module) -> nn.Module:
+def _named(model: nn.Module, output: str) -> nn.Module:
     """The model with the manifest's tensor names: litert-torch names signature inputs after keyword arguments
     and outputs after dict keys."""
     from torch import nn
@@ -62,7 +61,7 @@ def _named(model: nn.Module) -> nn.Module:
             self.model = model
 
         def forward(self, input):  # noqa: A002 — the keyword is the tensor's name in the file
-            return {OUTPUT_NAME: self.model(input)}
+            return {output: self.model(input)}
 
     return Named().eval()
 
@@ -126,7 +125,7 @@ def _with_metadata(content: bytes, entries: dict[str, bytes]) -> bytes:
 
 def write_litert(model: nn.Module, example: torch.Tensor, path: Path, *, meta: ExportMeta) -> dict[str, Any]:
     """A .tflite at the file's batch, NCHW float32 in, logits out, describing itself."""
-    return _convert(_named(model), example[:file_batch(meta)], path, meta=meta, precision="fp32")
+    return _convert(_named(model, meta.output_name), example[:file_batch(meta)], path, meta=meta, precision="fp32")
 
 
 def load_litert(path: Path, *, threads: int | None = None) -> Runner:
@@ -199,7 +198,7 @@ class Prepared:
 
 
 def _prepare(source: Source, folder: Path) -> Prepared:
-    module = _named(source.model)
+    module = _named(source.model, source.meta.output_name)
     graph = exported(module, file_example(source), kwarg=INPUT_NAME)
     return Prepared(source=source, module=module, ends=layer_names(graph),
                     nodes=sum(n.op == "call_function" for n in graph.graph.nodes))

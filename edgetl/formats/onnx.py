@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.errors import EdgetlError, ExportError
-from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME, ExportMeta, Format, Runner, Signature, embedded_meta
+from edgetl.formats.base import INPUT_NAME, ExportMeta, Format, Runner, Signature, embedded_meta
 from edgetl.formats.onnx_portable import check_portable, make_portable
 from edgetl.formats.onnx_precision import FP16, INT8
 from edgetl.quiet import quiet
@@ -51,7 +51,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, meta: Exp
     dynamic = ({0: "batch"},) if meta.batch is None else None
     with quiet("onnxscript", "onnx_ir"):  # their optimizer logs every pass at INFO: hundreds of lines
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=meta.opset, verbose=False,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic)
+                                    input_names=[INPUT_NAME], output_names=[meta.output_name], dynamic_shapes=dynamic)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, meta.describe())
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))

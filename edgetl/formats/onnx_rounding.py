@@ -98,7 +98,7 @@ def _patches(x: np.ndarray, conv: Conv, positions: int, rng: np.random.Generator
 
 
 def layer_statistics(pre: Path, x: np.ndarray, *, positions: int = POSITIONS, seed: int = 0) -> dict[str, np.ndarray]:
-    """H = E[p p^T] over the input patches p of every conv of the fp32 graph `pre` on images `x` (float32 NCHW):
+    """H = E[p p^T] over the input patches p of every conv of the fp32 graph `pre` on images `x` (its input):
     [C*k*k, C*k*k] for a dense conv, [C, k*k, k*k] for a depthwise one. Keyed by node name."""
     import onnx
     import onnxruntime as ort
@@ -116,7 +116,7 @@ def layer_statistics(pre: Path, x: np.ndarray, *, positions: int = POSITIONS, se
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for start in range(0, len(x), BATCH):
-        batch = np.ascontiguousarray(x[start:start + BATCH], dtype=np.float32)
+        batch = np.ascontiguousarray(x[start:start + BATCH])  # float32 NCHW, or a device-input file's uint8 NHWC
         acts = dict(zip(wanted, session.run(wanted, {graph_input: batch}), strict=True))
         acts[graph_input] = batch
         for conv in convs:

@@ -63,7 +63,7 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, *, quantizer: Any, c
             prepared(**{kwarg: inputs}) if kwarg else prepared(inputs)
         return x[:, :1, 0, 0]
 
-    fixed_batch_runner(observe, batch)(calibration.astype(np.float32))
+    fixed_batch_runner(observe, batch)(calibration if calibration.dtype == np.uint8 else calibration.astype(np.float32))
     return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 

@@ -209,9 +209,10 @@ def load_eager(path: Path, *, threads: int | None = None) -> Runner:
 def measure_latency(artifacts: list[ArtifactEntry], *, export_dir: Path, checkpoint: Path, input_hw: tuple[int, int],
                     batches: list[int], threads: list[int], plan: TimingPlan = TimingPlan(),
                     progress: Callable[[str], None] = lambda stage: None, seed: int = 0,
-                    engines: list[tuple[str, ArtifactEntry]] = ()) -> list[dict[str, Any]]:
+                    engines: list[tuple[str, ArtifactEntry]] = (), uint8_input: bool = False) -> list[dict[str, Any]]:
     """Time the eager checkpoint and every artifact per (batch, threads), then each (engine, ONNX file) of
-    `engines` (--runtime); each row gets its speed-up vs eager."""
+    `engines` (--runtime); each row gets its speed-up vs eager. `uint8_input`: the files take the device's uint8
+    NHWC crops, and are timed on those (the checkpoint on float NCHW)."""
     from edgetl.formats.engines import load_engine
 
     runtimes = [("eager", checkpoint, load_eager)]
@@ -221,12 +222,14 @@ def measure_latency(artifacts: list[ArtifactEntry], *, export_dir: Path, checkpo
     rows: list[dict[str, Any]] = []
     for batch in batches:
         x = rng.standard_normal((batch, 3, *input_hw)).astype(np.float32)
+        image = rng.integers(0, 256, (batch, *input_hw, 3), dtype=np.uint8) if uint8_input else x
         for n in threads:
             eager_p50 = None
             for runtime, path, load in runtimes:
                 progress(f"latency {runtime} · batch {batch} · {n} thread(s)")
                 make = functools.partial(load, path, threads=n)
-                timing = time_runner(make, runtime=runtime, x=x, threads=n, plan=plan, file=path).to_dict()
+                timing = time_runner(make, runtime=runtime, x=x if runtime == "eager" else image, threads=n,
+                                     plan=plan, file=path).to_dict()
                 eager_p50 = eager_p50 or timing["p50_ms"]
                 rows.append({**timing, "speedup_vs_eager": eager_p50 / timing["p50_ms"]})
     return rows

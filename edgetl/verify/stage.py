@@ -30,7 +30,8 @@ from edgetl.data.inputs import JUDGED_IMAGES, Inputs, gather_inputs
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
-from edgetl.formats.base import torch_runner
+from edgetl.formats.base import PROBS_NAME, Runner, adapt, torch_runner
+from edgetl.formats.device_io import softmax
 from edgetl.formats.engines import ENGINES, REFERENCE_ENGINE, engine_version, load_engine, require_engine
 from edgetl.formats.onnx_portable import check_portable
 from edgetl.model.checkpoint import checkpoint_meta, load_model
@@ -238,12 +239,12 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         own = {k: v for k, v in dataclasses.asdict(bars).items() if v is not None} if bars else {}  # its bars only
         report.bars["parity"][name] = {"precision": artifact.precision, **own}
         try:
-            runner = FORMATS[artifact.format].load(run.export_dir / name)
+            runner = FORMATS[artifact.format].open(run.export_dir / name)
         except Exception as e:  # noqa: BLE001 — a file its runtime refuses fails this artifact, not the whole run
             gate.check(name, "load", f"loads in its runtime ({artifact.format})", describe_error(e), "==", "ok")
             continue
-        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=ref_logits, bars=bars,
-                               keep_logits=logits)
+        figures = check_parity(runner, manifest, name, gate, inputs=inputs, reference=_as_given(ref_logits, runner),
+                               bars=bars, keep_logits=logits)
         report.parity[name] = figures
         if figures is not None:
             runnable.append(artifact)
@@ -279,12 +280,12 @@ def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, set
         progress(f"parity {name}")
         bars = _bars(artifact, settings, gate)
         try:
-            runner = load_engine(engine, path)
+            runner = adapt(load_engine(engine, path), FORMATS[artifact.format].read_meta(path))
         except Exception as e:  # noqa: BLE001 — an engine that refuses the file fails this row, with its reason
             gate.check(name, "load", f"loads in {ENGINES[engine].title} {version}", describe_error(e), "==", "ok")
             continue
-        report.parity[name] = check_parity(runner, manifest, name, gate, inputs=inputs, reference=reference,
-                                           bars=bars, keep_logits=keep_logits)
+        report.parity[name] = check_parity(runner, manifest, name, gate, inputs=inputs,
+                                           reference=_as_given(reference, runner), bars=bars, keep_logits=keep_logits)
 
 
 def _complete_card(run: RunDir, manifest: Manifest, report: VerifyReport, gate: Gate) -> None:
@@ -331,8 +332,8 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                detail=fix)
     gate.check("manifest.json", "meaning", "preprocessing", manifest.preprocessing.to_dict(), "==",
                meta.preprocessing.to_dict(), detail=fix)
-    crop = meta.preprocessing.crop_size
-    gate.check("manifest.json", "meaning", "input shape", manifest.input.shape[1:], "==", [3, crop, crop], detail=fix)
+    gate.check("manifest.json", "meaning", "input shape", manifest.input.shape[1:], "==", image_shape(manifest, meta),
+               detail=fix)
     batch = manifest.input.shape[0]  # it sizes every batch verify and predict run: bounded before anything runs
     if isinstance(batch, int):
         gate.check("manifest.json", "meaning", "fixed input batch", batch, ">=", 1, detail=fix)
@@ -362,6 +363,10 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                    detail=edited)
         gate.check(artifact.file, "meaning", "embedded preprocessing", embedded["preprocessing"], "==",
                    manifest.preprocessing.to_dict(), detail=edited)
+        gate.check(artifact.file, "meaning", "embedded input type", embedded.get("input_type", "float"), "==",
+                   input_type(manifest), detail=edited)
+        gate.check(artifact.file, "meaning", "embedded output type", embedded.get("output_type", "logits"), "==",
+                   "probs" if manifest.output.name == PROBS_NAME else "logits", detail=edited)
         if "precision" in embedded:  # files from before 0.2 do not say
             gate.check(artifact.file, "meaning", "embedded precision", embedded["precision"], "==",
                        artifact.precision, detail=edited)
@@ -369,14 +374,28 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
             gate.check(artifact.file, "meaning", "opset", embedded["opset"], "==", artifact.opset, detail=edited)
 
 
+def _as_given(reference: np.ndarray, runner: Runner) -> np.ndarray:
+    """The checkpoint's logits in the form the file gives them: probabilities for a file that ends in a softmax."""
+    return softmax(reference) if runner.gives == "probs" else reference
+
+
+def input_type(manifest: Manifest) -> str:
+    """What the export's files take: the device's uint8 NHWC crop, or float NCHW (edgetl.formats.device_io)."""
+    return "uint8" if manifest.input.dtype == "uint8" else "float"
+
+
+def image_shape(manifest: Manifest, meta: CheckpointMeta) -> list[int]:
+    crop = meta.preprocessing.crop_size
+    return [crop, crop, 3] if input_type(manifest) == "uint8" else [3, crop, crop]
+
+
 def _check_own_io(artifact: ArtifactEntry, manifest: Manifest, meta: CheckpointMeta, gate: Gate, *,
                   fix: str) -> None:
     """A file's own tensors (a fixed batch, integer io) may differ from the manifest's only in batch, dtype and
     quantization: the image it takes and the classes it gives are the model's."""
-    crop = meta.preprocessing.crop_size
     want_in, want_out = manifest.io_of(artifact.file)
     name = artifact.file
-    gate.check(name, "meaning", "listed input shape", want_in.shape[1:], "==", [3, crop, crop], detail=fix)
+    gate.check(name, "meaning", "listed input shape", want_in.shape[1:], "==", image_shape(manifest, meta), detail=fix)
     gate.check(name, "meaning", "listed output size", want_out.shape[-1], "==", len(meta.labels), detail=fix)
     for spec in (want_in, want_out):
         batch = spec.shape[0]
@@ -394,13 +413,13 @@ def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntr
     if static and settings.batch not in (None, static):
         _warn(report, f"the export has a fixed batch of {static}: latency is timed at batch {static} only")
     batches = [static] if static else sorted({1, settings.batch or 1})
-    hw = tuple(d if isinstance(d, int) else crop for d in shape[2:4])
+    hw = (crop, crop)
     threads = sorted(set(settings.threads or (1, all_threads())))
     engines = [(engine, a) for a in artifacts if _in_engines(a) for engine in settings.other_engines
                if report.parity.get(engine_row(a.file, engine)) is not None]  # only where it ran the file
     report.latency = measure_latency(artifacts, export_dir=run.export_dir, checkpoint=checkpoint, input_hw=hw,
                                      batches=batches, threads=threads, plan=settings.timing, progress=progress,
-                                     engines=engines)
+                                     engines=engines, uint8_input=input_type(manifest) == "uint8")
     report.settings.update(batches=batches, threads=threads)
     report.gate = gate_latency(report.latency, gate, max_latency_ms=settings.max_latency_ms)
     if old is not None and report.gate is not None:

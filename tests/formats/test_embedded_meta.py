@@ -76,7 +76,8 @@ def test_a_correct_export_passes_the_embedded_checks(exported_both_copy):
     result = invoke("verify", exported_both_copy, *FAST)
     assert result.exit_code == 0, result.output
     assert embedded_checks(exported_both_copy) == {(f, m): True for f in ("model.onnx", "model.torchscript.pt")
-                                         for m in ("embedded labels", "embedded preprocessing", "embedded precision")}
+                                         for m in ("embedded labels", "embedded preprocessing", "embedded precision",
+                                                   "embedded input type", "embedded output type")}
 
 
 def swap_first_two(labels: list[str]) -> list[str]:

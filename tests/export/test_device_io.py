@@ -1,0 +1,128 @@
+"""Files a device runs without guessing (issue 27): uint8 NHWC crops in, probabilities out, verified like the rest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgetl.cli import app
+from edgetl.export import export_run
+from edgetl.export.precision import QuantPlan
+from edgetl.formats import FORMATS
+from edgetl.formats.device_io import device_model, from_device_input, softmax, to_device_input
+from edgetl.preprocessing import Preprocessing
+
+runner = CliRunner()
+FAST = ["--latency-seconds", "0.01", "--threads", "1"]
+PLAN = QuantPlan(calibration_images=16, guard_images=16)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_uint8_crops_round_trip_exactly_through_the_normalized_floats():
+    images = np.random.default_rng(0).integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
+    x = from_device_input(images, mean=MEAN, std=STD)
+    assert x.shape == (4, 3, 9, 7) and x.dtype == np.float32
+    np.testing.assert_array_equal(to_device_input(x, mean=MEAN, std=STD), images)
+
+
+def test_the_device_model_normalizes_as_torchvision_does_and_ends_in_a_softmax():
+    from torchvision.transforms import v2
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    inner = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    expected_x = v2.Normalize(MEAN, STD)(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    with torch.no_grad():
+        logits = inner(expected_x)
+        wrapped = device_model(inner, mean=MEAN, std=STD, uint8_input=True, probs=True)
+        probs = wrapped(torch.from_numpy(images))
+    np.testing.assert_allclose(probs.numpy(), softmax(logits.numpy()), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def device_run(straight, tmp_path_factory):
+    """The tiny trained run exported for a device: ONNX fp32 + int8 and TorchScript, uint8 in, probabilities out."""
+    _, run = straight
+    run = shutil.copytree(run, tmp_path_factory.mktemp("device") / "run")
+    result = runner.invoke(app, ["export", str(run), "--input", "uint8", "--output", "probs", "-f", "onnx",
+                                 "-f", "torchscript", "-p", "fp32", "-p", "int8"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_every_file_takes_uint8_nhwc_crops_and_gives_probabilities(device_run):
+    manifest = json.loads((device_run / "export" / "manifest.json").read_text())
+    crop = manifest["preprocessing"]["crop_size"]
+    assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"][1:] == [crop, crop, 3]
+    assert manifest["output"]["name"] == "probs"
+    for name in ("model.onnx", "model.int8.onnx"):  # inspected as a device's runtime sees it
+        graph = onnx.load(str(device_run / "export" / name)).graph
+        dims = [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+        assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 and dims[1:] == [crop, crop, 3]
+        assert graph.output[0].name == "probs"
+    crops = np.random.default_rng(2).integers(0, 256, (3, crop, crop, 3), dtype=np.uint8)
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt"), ("onnx", "model.int8.onnx")):
+        loaded = FORMATS[fmt].open(device_run / "export" / name)
+        assert (loaded.takes, loaded.gives) == ("uint8", "probs")
+        probs = loaded(crops)  # the device's own crops, straight in
+        assert probs.shape == (3, len(manifest["labels"]))
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_the_fp32_device_file_matches_the_checkpoint_fed_the_same_crops(device_run):
+    from edgetl.model.checkpoint import load_model
+
+    model, _ = load_model(device_run / "checkpoints" / "best.pt")
+    manifest = json.loads((device_run / "export" / "manifest.json").read_text())
+    prep = Preprocessing.coerce(manifest["preprocessing"])
+    crops = np.random.default_rng(3).integers(0, 256, (4, prep.crop_size, prep.crop_size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        reference = softmax(model.eval()(torch.from_numpy(from_device_input(crops, mean=prep.mean, std=prep.std)))
+                            .numpy())
+    got = FORMATS["onnx"].load(device_run / "export" / "model.onnx")(crops)  # the raw file, no adapter
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+
+
+def test_verify_passes_the_device_files_and_predict_reads_their_probabilities(device_run, tmp_path):
+    run = shutil.copytree(device_run, tmp_path / "run")
+    result = runner.invoke(app, ["verify", str(run), *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "verify.json").read_text())
+    assert {"model.onnx", "model.int8.onnx", "model.torchscript.pt"} <= set(report["parity"])
+    assert report["parity"]["model.onnx"]["top1_agreement"] == 1.0
+    from PIL import Image
+
+    from edgetl.predict import predict
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    [row] = predict(run, [photo], top_k=10, precision="fp32", fmt="onnx")
+    checked = predict(run, [photo], top_k=10, fmt="torchscript")[0]
+    probabilities = [p for _, p in row.top]
+    # probabilities as the file gave them (no second softmax, which would flatten them towards uniform)
+    assert abs(sum(probabilities) - 1.0) < 1e-4 and row.probability == max(probabilities)
+    assert checked.label == row.label and abs(checked.probability - row.probability) < 1e-4
+
+
+def test_a_file_relabelled_float_fails_verify(device_run, tmp_path):
+    run = shutil.copytree(device_run, tmp_path / "run")
+    path = run / "export" / "model.onnx"
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, "input_type": "float"})
+    onnx.save_model(model, str(path))
+    manifest_path = run / "export" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    from edgetl.files import sha256_file
+
+    for artifact in manifest["artifacts"]:
+        if artifact["file"] == "model.onnx":
+            artifact["sha256"], artifact["bytes"] = sha256_file(path), path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["verify", str(run), *FAST])
+    assert result.exit_code == 1 and "embedded input type" in result.output
