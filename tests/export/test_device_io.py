@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.export import export_run
 from edgetl.export.precision import QuantPlan
 from edgetl.formats import FORMATS
 from edgetl.formats.device_io import device_model, from_device_input, softmax, to_device_input
