@@ -253,12 +253,25 @@ def _preprocessing(manifest: Manifest) -> str:
         f"Resize it so that its shorter side is {p.resize_size} px ({p.interpolation}, antialiased), keeping its "
         f"aspect ratio.",
         f"Crop the central {p.crop_size} × {p.crop_size} px.",
-        "Scale the pixel values to [0, 1] (divide by 255).",
-        f"Per channel ({', '.join(p.channel_order)}): subtract the mean ({three(f'{v:g}' for v in p.mean)}) and "
-        f"divide by the standard deviation ({three(f'{v:g}' for v in p.std)}).",
-        f"Feed float32 in {p.layout} layout: [batch, 3, {p.crop_size}, {p.crop_size}], channels in {p.channel_order} "
-        f"order. The output is one logit per class, in the order of the labels (softmax for probabilities).",
     ]
+    output = ("The output is one probability per class (the file ends in a softmax)"
+              if manifest.output.name == "probs" else
+              "The output is one logit per class (softmax for probabilities)") + ", in the order of the labels."
+    if manifest.input.dtype == "uint8":
+        steps.append(f"Feed the crop as it is: uint8 [batch, {p.crop_size}, {p.crop_size}, 3], channels in "
+                     f"{p.channel_order} order; the file scales, normalizes and lays it out itself. {output}")
+    else:
+        steps += [
+            "Scale the pixel values to [0, 1] (divide by 255).",
+            f"Per channel ({', '.join(p.channel_order)}): subtract the mean ({three(f'{v:g}' for v in p.mean)}) and "
+            f"divide by the standard deviation ({three(f'{v:g}' for v in p.std)}).",
+            f"Feed float32 in {p.layout} layout: [batch, 3, {p.crop_size}, {p.crop_size}], channels in "
+            f"{p.channel_order} order. {output}",
+        ]
+    if manifest.golden is not None:
+        steps.append(f"Check the file on the device with the golden vectors: feed `{manifest.golden.inputs.file}` "
+                     f"(uint8 crops) as above and compare with `golden-<file>.npy` within the manifest's `atol`, "
+                     f"same top-1 class; `device_predict.py --golden` does it with onnxruntime.")
     return ("## Preprocessing\n\nWhat a device must do to a photo before the model sees it (the same figures are in "
             "`manifest.json`; `edgetl/preprocessing.py` is the reference in PIL and numpy):\n\n"
             + "\n".join(f"{k}. {step}" for k, step in enumerate(steps, start=1)))

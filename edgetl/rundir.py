@@ -253,6 +253,20 @@ class FileEntry(_Schema):
     sha256: str
 
 
+class GoldenOutput(FileEntry):
+    """One file's expected output on the golden inputs (float32 .npy) and how close a runtime must come."""
+
+    of: str  # the model file it was produced by
+    atol: float  # max |output - expected| a runtime may show (the top-1 class must match exactly)
+
+
+class Golden(_Schema):
+    """Golden vectors (edgetl.export.golden): a few real val crops and every file's output on them."""
+
+    inputs: FileEntry  # uint8 [n, crop, crop, 3] RGB crops (.npy), the device's image before its model
+    outputs: list[GoldenOutput]
+
+
 class Manifest(_Versioned):
     """export/manifest.json: what a device needs (labels, preprocessing, tensors) and what was written."""
 
@@ -267,13 +281,16 @@ class Manifest(_Versioned):
     versions: dict[str, str | None] = {}
     artifacts: list[ArtifactEntry]
     card: FileEntry | None = None  # MODEL_CARD.md (edgetl.card); exports before 0.2 have none
+    golden: Golden | None = None  # golden vectors; exports before 0.3 have none
+    snippets: list[FileEntry] | None = None  # device code written from this manifest (edgetl.export.snippets)
 
-    OMIT_IF_NONE = ("card",)
+    OMIT_IF_NONE = ("card", "golden", "snippets")
 
     @property
     def listed(self) -> list[ArtifactEntry | FileEntry]:
-        """Every file the manifest vouches for: the models, then the card."""
-        return [*self.artifacts, *([self.card] if self.card else [])]
+        """Every file the manifest vouches for: the models, the card, the golden vectors, the device snippets."""
+        golden = [self.golden.inputs, *self.golden.outputs] if self.golden else []
+        return [*self.artifacts, *([self.card] if self.card else []), *golden, *(self.snippets or [])]
 
     def artifact(self, file: str) -> ArtifactEntry:
         return next(a for a in self.artifacts if a.file == file)
@@ -319,6 +336,7 @@ class VerifyReport(_Versioned):
     go_no_go: list[dict[str, Any]] = []  # per fp16 / int8 file: edgetl.verify.decide
     # per ONNX engine asked for (--runtime): its version, and what of the file it would refuse or compute wrong
     engines: dict[str, dict[str, Any]] = {}
+    golden: dict[str, dict[str, Any]] = {}  # file -> its output on the golden inputs vs the expected one
     settings: dict[str, Any] = {}
     machine: dict[str, Any] = {}
     versions: dict[str, str | None] = {}

@@ -40,7 +40,7 @@ SYMBOLS = {"<=": "≤", ">=": "≥", "==": "="}
 @dataclass(frozen=True)
 class Check:
     artifact: str
-    kind: str  # integrity | meaning | load | names | shapes | values | latency | regression
+    kind: str  # integrity | meaning | load | names | shapes | values | golden | latency | regression
     measure: str
     value: Any
     op: str  # a key of OPS

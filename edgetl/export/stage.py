@@ -28,8 +28,10 @@ from edgetl.card import CARD, render_card, write_card
 from edgetl.data.inputs import gather_inputs
 from edgetl.errors import EdgetlError, ExportError, RunDirError, describe_error
 from edgetl.export.deploy import DeployReport, deploy_model
+from edgetl.export.golden import GOLDEN_IMAGES, write_golden
 from edgetl.export.manifest import Written, build_manifest
 from edgetl.export.precision import QuantPlan, check_precisions, derive_precision
+from edgetl.export.snippets import write_snippets
 from edgetl.formats import DEFAULT_FORMATS, FORMATS, resolve_formats
 from edgetl.formats.base import ExportMeta, Source
 from edgetl.formats.device_io import device_model, to_device_input
@@ -269,6 +271,13 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
                     artifacts.append(derive_precision(name, precision, source, tmp, run_dir=run_dir, plan=plan))
         manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
                                   artifacts=artifacts)
+        with _step("golden vectors", out):  # real val crops, as the device holds them, and each file's output
+            real = inputs.x[:int(inputs.info.get("images", 0))][:GOLDEN_IMAGES]
+            prep = ckpt.preprocessing
+            manifest.golden = write_golden(tmp, artifacts, to_device_input(real, mean=prep.mean, std=prep.std),
+                                           meta=meta)
+        with _step("device snippets", out):
+            manifest.snippets = write_snippets(tmp, manifest)
         with _step(CARD, out):  # for a person; verify completes it with its figures
             manifest.card = write_card(tmp / CARD, render_card(RunDir(run_dir), manifest))
         with _step(MANIFEST, out):

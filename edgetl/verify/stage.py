@@ -24,6 +24,7 @@ import numpy as np
 from edgetl import rundir
 from edgetl.card import render_card, write_card
 from edgetl.compare.gate import BARS, Bars, Check, Gate
+from edgetl.compare.golden import check_golden
 from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched
 from edgetl.confusion import per_class, plot_confusion, same_figures
 from edgetl.data.inputs import JUDGED_IMAGES, Inputs, gather_inputs
@@ -144,6 +145,9 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     check_integrity(run.export_dir, manifest, gate)
     if not gate.failures:  # never load a file that is not the one exported
         runnable, checkpoint = _check_parity_all(run, manifest, settings, gate, report, progress)
+        if not any(c.kind == "meaning" for c in gate.failures):
+            progress("golden vectors")
+            report.golden = check_golden(manifest, run.export_dir, gate)
         if not any(c.kind == "meaning" for c in gate.failures):  # a misstated manifest sizes no timing batch
             _check_latency(run, manifest, runnable, checkpoint, settings, gate, report, old, progress)
     report.go_no_go = go_no_go(manifest, report, gate)

@@ -125,3 +125,106 @@ def test_a_file_relabelled_float_fails_verify(device_run, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     result = runner.invoke(app, ["verify", str(run), *FAST])
     assert result.exit_code == 1 and "embedded input type" in result.output
+
+
+def test_golden_vectors_reproduce_in_a_plain_onnxruntime_session(device_run):
+    import onnxruntime as ort
+
+    export = device_run / "export"
+    manifest = json.loads((export / "manifest.json").read_text())
+    golden = manifest["golden"]
+    crops = np.load(export / golden["inputs"]["file"])
+    assert crops.dtype == np.uint8 and crops.shape[1:] == (32, 32, 3) and len(crops) >= 1
+    for entry in golden["outputs"]:
+        if not entry["of"].endswith(".onnx"):
+            continue
+        session = ort.InferenceSession(str(export / entry["of"]), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: crops})[0]  # what a device-side test does
+        expected = np.load(export / entry["file"])
+        assert np.abs(got - expected).max() <= entry["atol"]
+        assert (got.argmax(1) == expected.argmax(1)).all()
+    assert {e["of"] for e in golden["outputs"]} == {a["file"] for a in manifest["artifacts"]}
+
+
+def test_a_golden_output_that_no_longer_matches_its_file_fails_verify(device_run, tmp_path):
+    from edgetl.files import sha256_file
+
+    run = shutil.copytree(device_run, tmp_path / "run")
+    export = run / "export"
+    manifest = json.loads((export / "manifest.json").read_text())
+    entry = next(e for e in manifest["golden"]["outputs"] if e["of"] == "model.onnx")
+    path = export / entry["file"]
+    expected = np.load(path)
+    np.save(path, expected[:, ::-1].copy())  # another class on top: consistent hashes, wrong vectors
+    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["verify", str(run), *FAST])
+    assert result.exit_code == 1 and "golden" in result.output
+
+
+def test_a_tampered_golden_file_fails_integrity(device_run, tmp_path):
+    run = shutil.copytree(device_run, tmp_path / "run")
+    with (run / "export" / "golden-inputs.npy").open("ab") as f:
+        f.write(b"\0")
+    result = runner.invoke(app, ["verify", str(run), *FAST])
+    assert result.exit_code == 1 and "golden-inputs.npy" in result.output
+
+
+def test_the_python_snippet_runs_and_reproduces_the_golden_vectors_and_predict(device_run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from edgetl.predict import predict
+
+    export = device_run / "export"
+    assert (export / "device_predict.py").is_file()
+    checked = subprocess.run([sys.executable, "device_predict.py", "--golden"], cwd=export, capture_output=True,
+                             text=True, timeout=120)
+    assert checked.returncode == 0 and "top-1 same" in checked.stdout, checked.stdout + checked.stderr
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(photo)
+    shown = subprocess.run([sys.executable, "device_predict.py", str(photo)], cwd=export, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    [row] = predict(device_run, [photo], top_k=1, fmt="onnx", precision="fp32")
+    first = shown.stdout.split(": ", 1)[1].split(", ")[0]  # "label 0.412"
+    label, probability = first.rsplit(" ", 1)
+    assert label == row.label and abs(float(probability) - row.probability) < 1e-3
+
+
+def test_the_cpp_snippet_embeds_the_manifests_numbers(device_run):
+    export = device_run / "export"
+    manifest = json.loads((export / "manifest.json").read_text())
+    prep = manifest["preprocessing"]
+    text = (export / "device_predict.cpp").read_text()
+    assert f"kCropSize = {prep['crop_size']};" in text and f"kResizeSize = {prep['resize_size']};" in text
+    assert f"kClasses = {len(manifest['labels'])};" in text
+    assert "kUint8Input = true;" in text and "kProbsOutput = true;" in text
+    assert "{1, kCropSize, kCropSize, 3}" in text  # NHWC for the uint8 input
+    mean = [float(v.rstrip("f")) for v in text.split("kMean = {")[1].split("}")[0].split(", ")]
+    assert np.allclose(mean, prep["mean"], atol=1e-6)
+    assert f'kInputName = "{manifest["input"]["name"]}"' in text and 'kOutputName = "probs"' in text
+    listed = {s["file"] for s in manifest["snippets"]}
+    assert listed == {"device_predict.py", "device_predict.cpp"}
+
+
+def test_executorch_and_litert_files_take_uint8_nhwc_too_and_pass_verify(straight, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    result = runner.invoke(app, ["export", str(run), "--input", "uint8", "--output", "probs", "-f", "executorch",
+                                 "-f", "litert"])
+    assert result.exit_code == 0, result.output
+    crop = json.loads((run / "export" / "manifest.json").read_text())["preprocessing"]["crop_size"]
+    interpreter = Interpreter(model_path=str(run / "export" / "model.tflite"))
+    [image], [out] = interpreter.get_input_details(), interpreter.get_output_details()
+    assert image["dtype"] == np.uint8 and list(image["shape"][1:]) == [crop, crop, 3] and "probs" in out["name"]
+    pte = FORMATS["executorch"].open(run / "export" / "model.pte")
+    assert pte.inputs[0].dtype == "uint8" and pte.inputs[0].shape[1:] == [crop, crop, 3]
+    verified = runner.invoke(app, ["verify", str(run), *FAST])
+    assert verified.exit_code == 0, verified.output
+    report = json.loads((run / "verify.json").read_text())
+    assert set(report["golden"]) == {"model.pte", "model.tflite"}

@@ -39,7 +39,7 @@ from edgetl.testing import make_run
 
 ATOL = 1e-4  # per unit of logit scale (export.FOLD_ATOL): fp32 rounding alone exceeds 1e-4 absolute on b0
 MANIFEST_KEYS = ["schema_version", "edgetl_version", "created", "run", "labels", "preprocessing", "input", "output", "model",
-                 "versions", "artifacts", "card"]
+                 "versions", "artifacts", "card", "snippets"]
 ARTIFACT_KEYS = {"onnx": ["format", "file", "bytes", "sha256", "precision", "opset", "seconds", "runtime", "versions",
                           "portable"],
                  "torchscript": ["format", "file", "bytes", "sha256", "precision", "seconds", "runtime", "versions"]}
@@ -143,7 +143,8 @@ def check_onnx_file(path: Path, *, batch: int | str) -> onnx.ModelProto:
 def test_export_writes_a_self_contained_onnx_file_and_its_manifest(exports, backbone):
     exported = exports(backbone)
     run, manifest, out = exported.run, exported.manifest, exported.run / "export"
-    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "manifest.json", "model.onnx", "model.torchscript.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "device_predict.cpp", "device_predict.py",
+                                                     "manifest.json", "model.onnx", "model.torchscript.pt"]
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("export")) == ["export"], "temp dirs left"
     # TorchScript's deprecation is one info line, not a warning that looks like our failure.
     assert not [w for w in exported.warnings if "torch.jit" in w], exported.warnings
@@ -204,7 +205,8 @@ def test_cli_fixed_batch_opset_and_a_single_format(fake_run):
     assert result.exit_code == 0, result.output
     assert "model.onnx" in result.output and "BN folded" in result.output
     out = run / "export"
-    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "device_predict.cpp", "device_predict.py",
+                                                     "manifest.json", "model.onnx"]
     proto = check_onnx_file(out / "model.onnx", batch=4)
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     manifest = read_json(out / "manifest.json")
