@@ -161,7 +161,9 @@ def boundary_nodes(pre: Path) -> list[str]:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         return group > 1 and node.input[1] in weights and weights[node.input[1]].dims[1] == 1
 
-    stem = [c.name for c in convs[:2] if c is convs[0] or depthwise(c)]
+    before = [n.name for n in nodes[:list(nodes).index(convs[0])]] if convs else []  # a device-input file's
+    # cast, normalization and layout: float ops on the image, cheaper than quantizing it and requantizing
+    stem = before + [c.name for c in convs[:2] if c is convs[0] or depthwise(c)]
     softmax = [n.name for n in nodes if n.op_type == "Softmax"]  # a probabilities file's: uint8 steps of 1/255 are
     return stem + heads[-1:] + softmax                          # too coarse for probabilities that sum to 1
 

@@ -32,10 +32,11 @@ from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import PROBS_NAME, Runner, adapt, torch_runner
-from edgetl.formats.device_io import softmax
+from edgetl.formats.device_io import from_device_input, softmax, to_device_input
 from edgetl.formats.engines import ENGINES, REFERENCE_ENGINE, engine_version, load_engine, require_engine
 from edgetl.formats.onnx_portable import check_portable
 from edgetl.model.checkpoint import checkpoint_meta, load_model
+from edgetl.preprocessing import Preprocessing
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, Manifest, RunDir, VerifyReport
 from edgetl.verify.decide import go_no_go
 from edgetl.verify.latency import (
@@ -231,6 +232,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     inputs = gather_inputs(run.root, labels=manifest.labels, preprocessing=manifest.preprocessing,
                            data=settings.data, samples=JUDGED_IMAGES if settings.samples is None else settings.samples)
     report.warnings += inputs.warnings
+    if input_type(manifest) == "uint8":  # the noise tensors as images a device could hold: the files and the
+        inputs = _on_uint8_grid(inputs, manifest.preprocessing)  # checkpoint must see the same pixels
     ref_logits = run_batched(reference, inputs.x, batch=PARITY_BATCH)
     report.inputs = inputs.info
     report.reference = {"file": name, "accuracy": accuracy(ref_logits, inputs.targets)}
@@ -376,6 +379,13 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                        artifact.precision, detail=edited)
         if embedded.get("opset") is not None and artifact.opset is not None:
             gate.check(artifact.file, "meaning", "opset", embedded["opset"], "==", artifact.opset, detail=edited)
+
+
+def _on_uint8_grid(inputs: Inputs, prep: Preprocessing) -> Inputs:
+    """Real images are uint8 crops already; the random tensors are rounded (and clipped) to the nearest uint8
+    image, so that a uint8-input file is fed exactly what the checkpoint is fed."""
+    x = from_device_input(to_device_input(inputs.x, mean=prep.mean, std=prep.std), mean=prep.mean, std=prep.std)
+    return dataclasses.replace(inputs, x=x)
 
 
 def _as_given(reference: np.ndarray, runner: Runner) -> np.ndarray:

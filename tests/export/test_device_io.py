@@ -12,14 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.export.precision import QuantPlan
 from edgetl.formats import FORMATS
 from edgetl.formats.device_io import device_model, from_device_input, softmax, to_device_input
 from edgetl.preprocessing import Preprocessing
 
 runner = CliRunner()
 FAST = ["--latency-seconds", "0.01", "--threads", "1"]
-PLAN = QuantPlan(calibration_images=16, guard_images=16)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -228,3 +226,19 @@ def test_executorch_and_litert_files_take_uint8_nhwc_too_and_pass_verify(straigh
     assert verified.exit_code == 0, verified.output
     report = json.loads((run / "verify.json").read_text())
     assert set(report["golden"]) == {"model.pte", "model.tflite"}
+
+
+def test_verify_feeds_a_uint8_file_and_the_checkpoint_the_same_pixels_noise_included():
+    from edgetl.data.inputs import Inputs
+    from edgetl.verify.stage import _on_uint8_grid
+
+    prep = Preprocessing(crop_size=8, resize_size=9, mean=MEAN, std=STD)
+    real = from_device_input(np.random.default_rng(6).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8), mean=MEAN,
+                             std=STD)
+    noise = np.random.default_rng(7).standard_normal((2, 3, 8, 8)).astype(np.float32) * 3  # beyond the pixel range
+    inputs = Inputs(x=np.concatenate([real, noise]), targets=np.array([0, 1, -1, -1]), info={"images": 2})
+    snapped = _on_uint8_grid(inputs, prep).x
+    np.testing.assert_array_equal(snapped[:2], real)  # photos are uint8 crops already: untouched
+    assert np.abs(snapped[2:] - noise).max() > 0.1  # noise was not: now it is an image a device could hold
+    crops = to_device_input(snapped, mean=MEAN, std=STD)
+    np.testing.assert_allclose(from_device_input(crops, mean=MEAN, std=STD), snapped, atol=1e-6)
