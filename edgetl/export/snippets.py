@@ -174,8 +174,8 @@ int main() {
 
 def _model_file(manifest: Manifest) -> str:
     """The ONNX file the snippets run: the fp32 one (the reference every other precision is judged against)."""
-    onnx = [a.file for a in manifest.artifacts if a.format == ENGINE_FORMAT]  # the ONNX files, fp32 first
-    return next((a.file for a in manifest.artifacts if a.file in onnx and a.precision == "fp32"), onnx[0])
+    onnx = [a for a in manifest.artifacts if a.format == ENGINE_FORMAT]
+    return next((a for a in onnx if a.precision == "fp32"), onnx[0]).file
 
 
 def write_snippets(folder: Path, manifest: Manifest) -> list[FileEntry] | None:

@@ -248,8 +248,8 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
     # The traced batch: 2 for a dynamic axis (torch.export specialises sizes 0 and 1), else exactly `batch`.
     n = batch or 2
     example = x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
+    prep = ckpt.preprocessing
     if (input_type, output_type) != ("float", "logits"):
-        prep = ckpt.preprocessing
         deployed = device_model(deployed, mean=prep.mean, std=prep.std, uint8_input=input_type == "uint8",
                                 probs=output_type == "probs")
         if input_type == "uint8":
@@ -273,7 +273,6 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
                                   artifacts=artifacts)
         with _step("golden vectors", out):  # real val crops, as the device holds them, and each file's output
             real = inputs.x[:int(inputs.info.get("images", 0))][:GOLDEN_IMAGES]
-            prep = ckpt.preprocessing
             manifest.golden = write_golden(tmp, artifacts, to_device_input(real, mean=prep.mean, std=prep.std),
                                            meta=meta)
         with _step("device snippets", out):

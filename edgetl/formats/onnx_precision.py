@@ -146,14 +146,15 @@ def node_errors(pre: Path, int8: Path, x: np.ndarray) -> list[tuple[str, float]]
 
 def boundary_nodes(pre: Path) -> list[str]:
     """The layers that stay float from the first INT8 attempt: the stem conv (and the depthwise conv right after
-    it, where there is one), the last matmul / classifier and a softmax after it. Post-training quantization hurts CNNs most there
-    (the raw-pixel input range, the logits), and on this CPU they run no slower float: on a Lite0 fine-tuned on
-    ants/bees, stem + first depthwise float ran 1.66x fp32 where all-int8 ran 1.56x; on flowers, top-1 agreement
-    with fp32 rose 93.8 % -> 96.5 % at the same accuracy."""
+    it, where there is one), the last matmul / classifier and a softmax after it. Post-training quantization hurts
+    CNNs most there (the raw-pixel input range, the logits), and on this CPU they run no slower float: on a Lite0
+    fine-tuned on ants/bees, stem + first depthwise float ran 1.66x fp32 where all-int8 ran 1.56x; on flowers,
+    top-1 agreement with fp32 rose 93.8 % -> 96.5 % at the same accuracy."""
     import onnx
 
-    nodes = onnx.load(str(pre), load_external_data=False).graph.node
-    weights = {i.name: i for i in onnx.load(str(pre), load_external_data=False).graph.initializer}
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    nodes = list(graph.node)
+    weights = {i.name: i for i in graph.initializer}
     convs = [n for n in nodes if n.op_type == "Conv"]
     heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
 
@@ -161,7 +162,7 @@ def boundary_nodes(pre: Path) -> list[str]:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         return group > 1 and node.input[1] in weights and weights[node.input[1]].dims[1] == 1
 
-    before = [n.name for n in nodes[:list(nodes).index(convs[0])]] if convs else []  # a device-input file's
+    before = [n.name for n in nodes[:nodes.index(convs[0])]] if convs else []  # a device-input file's
     # cast, normalization and layout: float ops on the image, cheaper than quantizing it and requantizing
     stem = before + [c.name for c in convs[:2] if c is convs[0] or depthwise(c)]
     softmax = [n.name for n in nodes if n.op_type == "Softmax"]  # a probabilities file's: uint8 steps of 1/255 are
