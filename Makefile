@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	# The optional runtimes (ExecuTorch, LiteRT, OpenVINO, OpenCV) second, so CI tests them, with their dependency tree
 	# pinned to a known-good set: unpinned, pip backtracked through torch versions for over 10 minutes.
 	$(PY) -m pip install -q -e '.[test,all]' -c .ci/constraints.txt
+	# TFLite's standard metadata reader, for the tests to read the .tflite metadata back: in its own folder, run in
+	# a subprocess, because it pins protobuf < 4 (onnx needs >= 5).
+	$(PY) -m pip install -q --no-deps --target $(VENV)/tflite-support 'tflite-support==0.4.4'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,7 +5,8 @@
 `litert_torch.convert` keeps the model's NCHW input (it transposes inside the graph), so the file takes the
 tensor the manifest's preprocessing makes; the interpreter runs it with its default XNNPACK delegate. The file
 is written at a fixed batch (`file_batch`: the export's, else 1), its signature names the tensors `input` and
-`logits`, and its own description is a flatbuffer metadata entry, `edgetl`, holding JSON.
+`logits`, and its own description is a flatbuffer metadata entry, `edgetl`, holding JSON. Beside it, the standard
+TFLite metadata MediaPipe and the Task Library read (`tflite_metadata`: image input, normalization, labels).
 
 INT8 is full-integer PT2E with litert-torch's quantizer (`pt2e.py`), calibrated on train images (the
 representative dataset). The converter then gives the file int8 input and output: its manifest entry records
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl.formats import tflite_metadata
 from edgetl.formats.base import (
     INPUT_NAME,
     Derivation,
@@ -91,7 +93,10 @@ def _convert(module: nn.Module, example: torch.Tensor, path: Path, *, meta: Expo
     path.write_bytes(content)
     io = _file_io(path, meta)
     described = {**meta.describe(precision), "labels": meta.labels, "preprocessing": meta.preprocessing, **io}
-    path.write_bytes(_with_metadata(content, {META_NAME: json.dumps(described).encode()}))
+    path.write_bytes(_with_metadata(content, {META_NAME: json.dumps(described).encode(),
+                                              tflite_metadata.NAME: tflite_metadata.model_metadata(meta,
+                                                                                                    precision=precision)}))
+    tflite_metadata.pack_labels(path, meta.labels)
     return meta.own_io(io)
 
 

@@ -209,6 +209,7 @@ def _prepare(source: Source, folder: Path) -> Prepared:
 
 def _quantize(prepared: Prepared, out: Path, *, calibration: np.ndarray, **options: Any) -> dict[str, Any]:
     """quantize_static, then its int8 conv weights re-rounded to keep each layer's output (onnx_rounding)."""
+    from edgetl.formats.onnx_pixels import image_in_one_op
     from edgetl.formats.onnx_rounding import METHOD, layer_statistics, round_weights
 
     settings = quantize_int8(prepared.fp32, out, calibration=calibration, pre=prepared.pre, **options)
@@ -217,6 +218,8 @@ def _quantize(prepared: Prepared, out: Path, *, calibration: np.ndarray, **optio
         prepared.statistics.update(layer_statistics(prepared.pre, images))
     changed = round_weights(prepared.pre, out, prepared.statistics)
     settings["weight_rounding"] = {"method": METHOD, "images": int(len(images)), "weights_changed": changed}
+    if image_in_one_op(out):
+        settings["image"] = "uint8 -> float in one DequantizeLinear"
     return settings
 
 

@@ -203,3 +203,69 @@ def test_importing_the_registry_loads_no_runtime():
             "print(sorted(m for m in ('torch', 'executorch', 'litert_torch', 'ai_edge_litert') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+READER = """
+import json, sys
+path = sys.argv[1]
+try:  # TFLite Support's metadata reader; its native part needs libusb, so fall back to its generated schema
+    from tensorflow_lite_support.metadata.python import metadata
+    shown = metadata.MetadataDisplayer.with_model_file(path)
+    print(json.dumps({"reader": "MetadataDisplayer", "metadata": json.loads(shown.get_metadata_json()),
+                      "files": shown.get_packed_associated_file_list(),
+                      "labels": shown.get_associated_file_buffer("labels.txt").decode()}))
+except ImportError:
+    import zipfile
+    from tensorflow_lite_support.metadata import metadata_schema_py_generated as md, schema_py_generated as fb
+    data = open(path, "rb").read()
+    model = fb.Model.GetRootAsModel(data, 0)
+    entry = next(model.Metadata(i) for i in range(model.MetadataLength()) if model.Metadata(i).Name() == b"TFLITE_METADATA")
+    buffer = bytes(model.Buffers(entry.Buffer()).DataAsNumpy())
+    assert md.ModelMetadata.ModelMetadataBufferHasIdentifier(buffer, 0)
+    meta = md.ModelMetadataT.InitFromObj(md.ModelMetadata.GetRootAsModelMetadata(buffer, 0))
+    sub = meta.subgraphMetadata[0]
+    image, scores = sub.inputTensorMetadata[0], sub.outputTensorMetadata[0]
+    norm = image.processUnits[0].options
+    archive = zipfile.ZipFile(path)
+    print(json.dumps({"reader": "schema", "metadata": {"subgraph_metadata": [{
+        "input_tensor_metadata": [{"name": image.name.decode(),
+            "content": {"content_properties_type": "ImageProperties" if image.content.contentPropertiesType == 2 else "?",
+                        "content_properties": {"color_space": "RGB" if image.content.contentProperties.colorSpace == 1 else "?"}},
+            "process_units": [{"options_type": "NormalizationOptions", "options": {"mean": [float(v) for v in norm.mean], "std": [float(v) for v in norm.std]}}]}],
+        "output_tensor_metadata": [{"name": scores.name.decode(), "associated_files": [
+            {"name": f.name.decode(), "type": "TENSOR_AXIS_LABELS" if f.type == 2 else "?"} for f in scores.associatedFiles]}]}]},
+        "files": archive.namelist(), "labels": archive.read("labels.txt").decode()}))
+"""
+
+
+def test_the_tflite_carries_standard_metadata_the_tflite_support_reader_reads(on_device):
+    """The normalization, the image input and the label file, read back by TFLite Support's own code (installed
+    by `make test` into its own folder: it pins protobuf < 4)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    needs("litert")
+    folder = Path(sys.prefix) / "tflite-support"
+    if not folder.is_dir():
+        pytest.skip(f"TFLite Support's metadata reader is not installed in {folder} (make test installs it)")
+    manifest = read_manifest(on_device / "export" / "manifest.json")
+    prep = manifest.preprocessing
+    for file in ("model.tflite", "model.int8.tflite"):
+        result = subprocess.run([sys.executable, "-c", READER, str(on_device / "export" / file)], capture_output=True,
+                                text=True, env={"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"}, check=True)
+        read = json.loads(result.stdout)
+        subgraph = read["metadata"]["subgraph_metadata"][0]
+        [image], [scores] = subgraph["input_tensor_metadata"], subgraph["output_tensor_metadata"]
+        assert image["content"]["content_properties_type"] == "ImageProperties"
+        assert image["content"]["content_properties"]["color_space"] == "RGB"
+        [unit] = image["process_units"]
+        assert unit["options_type"] == "NormalizationOptions"
+        np.testing.assert_allclose(unit["options"]["mean"], [255 * m for m in prep.mean], rtol=1e-6)
+        np.testing.assert_allclose(unit["options"]["std"], [255 * s for s in prep.std], rtol=1e-6)
+        assert scores["associated_files"][0]["name"] == "labels.txt"
+        assert scores["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+        assert read["files"] == ["labels.txt"] and read["labels"].splitlines() == manifest.labels
+    # the appended label archive does not stop the interpreter from running the file
+    runner = FORMATS["litert"].load(on_device / "export" / "model.tflite", threads=1)
+    assert runner(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3)
