@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -43,14 +43,19 @@ def __getattr__(name: str) -> Any:
 
 def train(recipe: PathLike | None = None, data: PathLike | None = None, out: PathLike | None = None, *,
           device: str = "auto", epochs_scale: float | None = None, resume: PathLike | None = None,
-          progress: Progress = None, **overrides: Any) -> Run:
+          progress: Progress = None, epochs: int | None = None, lr: float | None = None,
+          settings: Mapping[str, Any] | Sequence[str] | None = None, **overrides: Any) -> Run:
     """Fine-tune `recipe` (a shipped recipe's name or a .toml path; default quickstart) on `data` (a folder,
     "sample", "cifar10") into `out` (default artifacts/<time>-<recipe>); or continue the interrupted run `resume`.
 
     `overrides` are recipe keys, as `edgetl train`'s flags are: seed=1, weights="none", subset=500, lora_rank=8,
-    image_size=96, batch_size=16, ... (an unknown key is refused, naming it)."""
+    image_size=96, batch_size=16, ... (an unknown key is refused, naming it). `settings` sets any key, dotted
+    for tables ({"head.dropout": 0.2, "phases.1.epochs": 3}, or ["head.dropout=0.2"] as `--set` takes them);
+    `epochs` is the total over the phases (in the recipe's proportions) and `lr` the first phase's head rate,
+    every other rate scaled with it."""
     request = TrainRequest(recipe=_str(recipe), overrides={"data": _str(data), **overrides},
-                           epochs_scale=epochs_scale, device=device)
+                           epochs_scale=epochs_scale, device=device, epochs=epochs, lr=lr,
+                           settings=_settings(settings))
     summary = pipeline.train_stage(request, out=_path(out), resume=_path(resume), hooks=hooks_for(progress))
     return Run(Path(summary.run_dir))
 
@@ -108,15 +113,16 @@ class Run:
     def export(self, formats: str | Sequence[str] | None = None, precisions: str | Sequence[str] | None = None, *,
                opset: int | None = None, batch: int | None = None, checkpoint: str = "best",
                out: PathLike | None = None, calibration: str | None = None, input_type: str | None = None,
-               output_type: str | None = None, progress: Progress = None) -> Manifest:
+               output_type: str | None = None, replace: bool = False, progress: Progress = None) -> Manifest:
         """Fold and write `formats` ("onnx", "torchscript", "executorch", "litert", "all"; default the recipe's
         [export] formats, else onnx and torchscript) at `precisions` ("fp32", "int8", "fp16"), the model card and
         the manifest into RUN/export (or `out`); the manifest written. `input_type="uint8"`: every file takes the
         device's uint8 NHWC crop; `output_type="probs"`: every file ends in a softmax (default: the recipe's
-        [export] input / output, else float and logits)."""
+        [export] input / output, else float and logits). The export's other files stay, listed, when they are
+        of the same checkpoint; `replace=True` starts the folder afresh."""
         request = ExportRequest(formats=_names(formats), opset=opset, batch=batch, checkpoint=checkpoint,
                                 out=_path(out), precisions=_names(precisions), calibration=calibration,
-                                input_type=input_type, output_type=output_type)
+                                input_type=input_type, output_type=output_type, replace=replace)
         return pipeline.export_stage(self.path, request, hooks=hooks_for(progress)).manifest
 
     def verify(self, data: PathLike | None = None, *, samples: int | None = None, atol: float | None = None,
@@ -166,6 +172,14 @@ class Run:
         return predict(self.path, images, **options)
 
 
+def _settings(settings: Mapping[str, Any] | Sequence[str] | None) -> tuple[str, ...] | dict[str, Any]:
+    if settings is None:
+        return ()
+    if isinstance(settings, str):
+        return (settings,)
+    return dict(settings) if isinstance(settings, Mapping) else tuple(settings)
+
+
 def _str(value: PathLike | None) -> str | None:
     return None if value is None else os.fspath(value)
 
@@ -213,8 +227,10 @@ class TqdmHooks(Hooks):
             callbacks.close()
 
     def trained(self, summary: TrainSummary) -> None:
+        test = (f"; test acc {100 * summary.test_acc:.1f} % on {summary.test_images} images"
+                if summary.test_acc is not None else "")
         self.note(f"trained {summary.backbone}: best val acc {100 * summary.best_val_acc:.1f} % (epoch "
-                  f"{summary.best_epoch}) in {summary.wall_seconds:.0f} s · {summary.run_dir}")
+                  f"{summary.best_epoch}) in {summary.wall_seconds:.0f} s{test} · {summary.run_dir}")
 
     def exported(self, result: Any) -> None:
         self.note(f"exported {', '.join(a.file for a in result.artifacts)} · {result.out_dir}")

@@ -4,8 +4,9 @@
     text = render_card(RunDir(run_dir), manifest, report=report)   # verify fills in parity and latency
 
 What a model card says (Hugging Face's cards, Model Maker's metadata): the backbone and where its weights came
-from, the data (classes, counts, split), the recipe, accuracy overall and per class, parity and latency per file
-on the machine verify ran on, the preprocessing in words, intended use and known limits. Every figure is read
+from, the data (classes, counts, split), the recipe, accuracy overall and per class on the val split (which chose
+the checkpoint) and on the held-out test split when there is one, parity and latency per file on the machine
+verify ran on, the preprocessing in words, intended use and known limits. Every figure is read
 from the run's own files (train.json, split.json, data.json, manifest.json, verify.json), never retyped, so the
 card says what they say. The manifest lists the card with its sha256; verify re-hashes it when it completes it.
 """
@@ -35,7 +36,7 @@ def render_card(run: RunDir, manifest: Manifest, *, report: VerifyReport | None 
     split = _optional(run.split, rundir.read_split)
     data = _optional(run.data, rundir.read_json)
     sections = [_title(manifest, report), _summary(run, manifest, train), _data(split, data), _training(run, train),
-                _accuracy(train), _files(manifest), _verification(run, manifest, report), _preprocessing(manifest),
+                _accuracy(train), _test_accuracy(train), _files(manifest), _verification(run, manifest, report), _preprocessing(manifest),
                 _intended_use(manifest, split), _limits(manifest, train, split, data, report)]
     return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
@@ -66,6 +67,27 @@ def diff(x: float | None) -> str:
 
 def ms(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
+
+
+def top5(x: float | None) -> str:
+    """", top-5 97.0 %" where top-5 applies (more than 5 classes), else nothing."""
+    return "" if x is None else f", top-5 {pct(x)}"
+
+
+def verify_images(inputs: dict[str, Any] | None) -> str:
+    """Which real images verify judged on, and how many: "all 90 images of the test split", "32 of the 90
+    images of the val split", "12 images of photos/test"."""
+    i = inputs or {}
+    n, listed = i.get("images", 0), i.get("listed")
+    if not n:
+        return "no real images"
+    if i.get("source") == "split":
+        where = f"the {i.get('part', 'val')} split"
+    else:
+        root = str(i.get("root") or "--data")
+        where = str(Path(root) / i["part"]) if i.get("part") else root
+    count = f"all {n}" if listed == n else f"{n} of the {listed}" if listed else str(n)
+    return f"{count} images of {where}"
 
 
 def _code(text: object) -> str:
@@ -108,8 +130,12 @@ def _summary(run: RunDir, manifest: Manifest, train: TrainSummary | None) -> str
             ("weights fine-tuned from", _code(train.weights) if train else "— (no train.json)"),
             ("exported checkpoint", f"`checkpoints/{source.checkpoint}.pt`"
                                     + (f", epoch {source.epoch}" if source.epoch is not None else "")),
-            ("val accuracy of that checkpoint", pct(source.val_acc)
-             + (f" on {train.per_class.images} images" if train and train.per_class else "")),
+            ("val accuracy of that checkpoint (it chose it)", pct(source.val_acc)
+             + (top5(train.best_val_top5) + f" on {train.per_class.images} images" if train and train.per_class
+                else "")),
+            *([("test accuracy of that checkpoint (held out)", f"{pct(train.test_acc)}{top5(train.test_top5)} on "
+                                                               f"{train.test_per_class.images} images")]
+              if train and train.test_per_class else []),
             ("recipe", f"`{run.recipe.name}`, sha256 `{source.recipe_sha256 or '—'}`"),
             ("parameters, MACs per image", f"{manifest.model.params:,}, "
                                            + (f"{manifest.model.macs:,}" if manifest.model.macs else "—")),
@@ -124,25 +150,38 @@ def _shape(shape: list[int | str]) -> str:
 def _data(split: dict[str, Any] | None, data: dict[str, Any] | None) -> str:
     if split is None or not (split.get("train") or split.get("val")):
         return "## Data\n\nNot recorded: the run has no split.json (a checkpoint exported without its run)."
-    train, val = Counter(c for _, c in split["train"]), Counter(c for _, c in split["val"])
-    classes = split.get("classes") or sorted(set(train) | set(val))
+    parts = ["train", "val", "test"] if split.get("test") else ["train", "val"]
+    counts = {part: Counter(c for _, c in split[part]) for part in parts}
+    classes = split.get("classes") or sorted(set().union(*counts.values()))
     layout = split.get("layout")
-    how = ("its own train/ and val/ folders" if layout == "train/val" else
-           f"a stratified split by edgetl (val fraction {split.get('val_fraction')}, seed {split.get('seed')})"
-           if layout == "split" else f"its {layout or 'own'} split")
+    how = {"train/val": "its own train/ and val/ folders" + (" (and a held-out test/ folder)" if "test" in parts
+                                                             else ""),
+           "train split/test": f"its own train/ and test/ folders, val split off train/ by edgetl (val fraction "
+                               f"{split.get('val_fraction')}, seed {split.get('seed')})",
+           "split": f"a stratified split by edgetl (val fraction {split.get('val_fraction')}, seed "
+                    f"{split.get('seed')})"}.get(layout, f"its {layout or 'own'} split")
     root = f" ({_code(split['root'])})" if split.get("root") and split["root"] != split.get("source") else ""
     text = f"## Data\n\nSource {_code(split.get('source'))}{root}, divided by {how}"
     text += f", train images capped at {split['subset']}" if split.get("subset") else ""
-    text += f"; `split.json` lists every file. {sum(train.values())} train and {sum(val.values())} val images.\n\n"
-    rows = [(_code(c), train[c], val[c]) for c in classes] + [("**all**", sum(train.values()), sum(val.values()))]
-    text += _table(("class", "train images", "val images"), rows)
-    skipped, duplicates = (data or {}).get("skipped") or [], (data or {}).get("duplicates") or []
+    totals = {part: sum(counts[part].values()) for part in parts}
+    text += f"; `split.json` lists every file. {_and([f'{n} {part}' for part, n in totals.items()])} images.\n\n"
+    rows = [(_code(c), *(counts[part][c] for part in parts)) for c in classes] + [("**all**", *totals.values())]
+    text += _table(("class", *(f"{part} images" for part in parts)), rows)
+    skipped = (data or {}).get("skipped") or []
     if skipped:
         text += f"\n\n{len(skipped)} unreadable file(s) were skipped (listed in `data.json`)."
-    if duplicates:
-        text += (f"\n\n{len(duplicates)} val image(s) are byte-identical copies of train images (listed in "
-                 f"`data.json`): val accuracy counts images the model trained on.")
+    for key, what, of, counted in (("duplicates", "val", "train", "the model trained on"),
+                                   ("test_duplicates", "test", "train or val", "that trained it or chose it")):
+        copies = (data or {}).get(key) or []
+        if copies:
+            text += (f"\n\n{len(copies)} {what} image(s) are byte-identical copies of {of} images (listed in "
+                     f"`data.json`): {what} accuracy counts images {counted}.")
     return text
+
+
+def _and(items: list[str]) -> str:
+    """"a and b", "a, b and c"."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
 def _training(run: RunDir, train: TrainSummary | None) -> str:
@@ -163,17 +202,38 @@ def _accuracy(train: TrainSummary | None) -> str:
         return "## Accuracy\n\nNo per-class results recorded (train.json is missing or from before they were kept)."
     f = train.per_class
     text = (f"## Accuracy on the val split\n\n`checkpoints/best.pt` (epoch {train.best_epoch}): **{pct(f.accuracy)}** "
-            f"of {f.images} val images right; macro F1 {pct(f.macro_f1)}. Per class:\n\n")
-    text += _table(("class", "val images", "precision", "recall", "F1"),
-                   [(_code(c.label), c.support, pct(c.precision), pct(c.recall), pct(c.f1)) for c in f.classes])
-    if f.most_confused:
-        text += "\n\nMost confused: " + "; ".join(f"{_code(p.label)} taken for {_code(p.predicted)} ({p.count})"
-                                                   for p in f.most_confused[:5]) + "."
+            f"of {f.images} val images right{top5(f.top5_accuracy)}; macro F1 {pct(f.macro_f1)}. The val split "
+            f"chose this checkpoint, so its figures lean optimistic"
+            + ("; the test split below is held out." if train.test_per_class else
+               " (a test/ folder beside train/ and val/ would give held-out figures).") + " Per class:\n\n")
+    text += _class_table(f, "val") + _most_confused(f)
     if train.confidently_wrong:
         text += "\n\nThe most confidently wrong val images (all in `train.json`):\n\n"
         text += "\n".join(f"- {_code(w.path)}: {_code(w.label)}, predicted {_code(w.predicted)} at {pct(w.confidence)}"
                           for w in train.confidently_wrong[:5])
     return text
+
+
+def _test_accuracy(train: TrainSummary | None) -> str:
+    if train is None or train.test_per_class is None:
+        return ""
+    f = train.test_per_class
+    text = (f"## Accuracy on the test split\n\n`checkpoints/best.pt` (epoch {train.best_epoch}) on the held-out test "
+            f"split, which neither trained it nor chose it: **{pct(f.accuracy)}** of {f.images} test images "
+            f"right{top5(f.top5_accuracy)}; macro F1 {pct(f.macro_f1)}. Per class:\n\n")
+    return text + _class_table(f, "test") + _most_confused(f)
+
+
+def _class_table(f: PerClass, split: str) -> str:
+    return _table(("class", f"{split} images", "precision", "recall", "F1"),
+                  [(_code(c.label), c.support, pct(c.precision), pct(c.recall), pct(c.f1)) for c in f.classes])
+
+
+def _most_confused(f: PerClass) -> str:
+    if not f.most_confused:
+        return ""
+    return "\n\nMost confused: " + "; ".join(f"{_code(p.label)} taken for {_code(p.predicted)} ({p.count})"
+                                             for p in f.most_confused[:5]) + "."
 
 
 def _files(manifest: Manifest) -> str:
@@ -191,22 +251,25 @@ def _verification(run: RunDir, manifest: Manifest, report: VerifyReport | None) 
     state = "**passed**" if report.passed else f"**failed** ({len(report.failures)} check(s))"
     i, m = report.inputs or {}, report.machine
     text = (f"## Verification\n\n`edgetl verify` {state} on {report.created or '—'}: every file's sha256, then its "
-            f"outputs against `{(report.reference or {}).get('file', 'the checkpoint')}` on {i.get('images', 0)} "
-            f"images ({i.get('source', '—')}, {i.get('labelled', 0)} labelled) and {i.get('random', 0)} random inputs."
+            f"outputs against `{(report.reference or {}).get('file', 'the checkpoint')}` on {verify_images(i)} "
+            f"({i.get('labelled', 0)} labelled) and {i.get('random', 0)} random inputs."
             f"\n\nMachine: {m.get('cpu_model', '—')}, {m.get('cores', '—')} cores ({m.get('machine', '—')}, "
             f"{m.get('system', '—')}), onnxruntime {m.get('onnxruntime', '—')}, fingerprint `{m.get('id', '—')}`.")
     timed = sorted({r["threads"] for r in report.latency if r["batch"] == 1})
     threads = sorted({timed[0], timed[-1]}) if timed else []  # one thread and all cores, as verify times them
-    header = ["file", "runs in", "accuracy", "max abs diff vs checkpoint", "top-1 agreement",
-              *(f"p50 ms, {t} thread{'s' * (t > 1)}" for t in threads), "checks"]
     reference = report.reference or {}
-    rows = [(f"`{reference.get('file', 'checkpoint')}`", "PyTorch eager", pct(reference.get("accuracy")), "—", "—",
+    ranked = reference.get("top5_accuracy") is not None  # top-5 where there are more than 5 classes
+    header = ["file", "runs in", "accuracy", *(["top-5 accuracy"] * ranked), "max abs diff vs checkpoint",
+              "top-1 agreement", *(f"p50 ms, {t} thread{'s' * (t > 1)}" for t in threads), "checks"]
+    rows = [(f"`{reference.get('file', 'checkpoint')}`", "PyTorch eager", pct(reference.get("accuracy")),
+             *([pct(reference.get("top5_accuracy"))] * ranked), "—", "—",
              *(ms(_p50(report, "eager", None, t)) for t in threads), "—")]
     for name, file, runtime in _verified_rows(manifest, report):
         p = report.parity.get(name) or {}
         mine = [c for c in report.checks if c["artifact"] == name]
         failed = sum(not c["passed"] for c in mine)
-        rows.append((f"`{name}`", runtime, pct(p.get("accuracy")), diff(p.get("max_abs_diff")),
+        rows.append((f"`{name}`", runtime, pct(p.get("accuracy")), *([pct(p.get("top5_accuracy"))] * ranked),
+                     diff(p.get("max_abs_diff")),
                      pct(p.get("top1_agreement")), *(ms(_p50(report, runtime, file, t)) for t in threads),
                      "—" if not mine else f"✓ {len(mine)}" if not failed else f"✗ {failed} of {len(mine)}"))
     text += "\n\n" + _table(header, rows, right=2)
@@ -240,8 +303,8 @@ def _verify_per_class(report: VerifyReport) -> str:
     first: PerClass = figures[names[0]]
     rows = [[_code(c.label), c.support, *(pct(figures[n].classes[k].recall) for n in names)]
             for k, c in enumerate(first.classes)]
-    return ("\n\nRecall per class on the labelled verify images (precision, F1 and the confusion matrices are in "
-            "verify.json):\n\n" + _table(("class", "images", *(f"`{n}`" for n in names)), rows))
+    return (f"\n\nRecall per class on the labelled verify images ({verify_images(report.inputs)}; precision, F1 and "
+            f"the confusion matrices are in verify.json):\n\n" + _table(("class", "images", *(f"`{n}`" for n in names)), rows))
 
 
 def _preprocessing(manifest: Manifest) -> str:
@@ -291,28 +354,34 @@ def _limits(manifest: Manifest, train: TrainSummary | None, split: dict[str, Any
     limits = [f"It always answers one of its {len(manifest.labels)} classes: an image of something else gets one of "
               f"them too, often with a high probability. A threshold on the probability does not make it a detector "
               f"of unknown things."]
-    figures = train.per_class if train else None
+    # the held-out split says best what to expect: the test split when there is one, else val
+    split_name, figures = ("test", train.test_per_class) if train and train.test_per_class else \
+        ("val", train.per_class if train else None)
     if figures is not None:
         weak = [c for c in figures.classes if c.recall is not None
                 and (c.recall < LOW_RECALL or c.recall < figures.accuracy - 0.1)]
         if weak:
-            limits.append("Classes it finds less often than the others (recall on the val split): "
+            limits.append(f"Classes it finds less often than the others (recall on the {split_name} split): "
                           + ", ".join(f"{_code(c.label)} {pct(c.recall)} of {c.support}" for c in weak)
                           + ". Check these before relying on it.")
         fewest = min((c.support for c in figures.classes), default=0)
         if fewest < FEW_IMAGES:
-            limits.append(f"The val split has as few as {fewest} image(s) of a class: one image moves that class's "
-                          f"figures by {pct(1 / max(fewest, 1))}; treat differences of a few points as noise.")
+            limits.append(f"The {split_name} split has as few as {fewest} image(s) of a class: one image moves that "
+                          f"class's figures by {pct(1 / max(fewest, 1))}; treat differences of a few points as noise.")
     elif train is None:
         limits.append("Its accuracy per class is unknown here: the run's train.json is missing.")
     if (data or {}).get("duplicates"):
         limits.append("Some val images are copies of train images, so the val accuracy above is optimistic.")
+    if (data or {}).get("test_duplicates"):
+        limits.append("Some test images are copies of train or val images, so the test accuracy above is "
+                      "optimistic.")
     if split and split.get("subset"):
         limits.append(f"It was trained on a subset of {split['subset']} train images.")
     if report is not None:
         labelled = (report.inputs or {}).get("labelled", 0)
-        limits.append(f"Verification compares each file with the checkpoint on {labelled} labelled image(s): it "
-                      f"proves the conversion, and measures accuracy only as well as so few images can.")
+        limits.append(f"Verification compares each file with the checkpoint on {labelled} labelled image(s) "
+                      f"({verify_images(report.inputs)}): it proves the conversion, and measures accuracy only as "
+                      f"well as so few images can.")
         if not report.passed:
             limits.append("Verification failed: do not ship these files until `edgetl verify` passes (see above).")
         for row in report.go_no_go:

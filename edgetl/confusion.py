@@ -1,11 +1,11 @@
 """The confusion matrix and what people read from it: precision, recall and F1 per class, the most confused
-pairs, the most confidently wrong images, and confusion.png.
+pairs, the most confidently wrong images, top-5 accuracy, and confusion.png.
 
     figures = per_class(targets, predicted, labels=["cat", "dog"]); plot_confusion([("val", figures)], path)
 
-From predictions on labelled images (train: the val split at the best epoch; verify: each exported file on
-the verify images), counted with numpy's bincount: a few lines, no metrics library. One accuracy number hides
-the class that matters: a model 92 % right overall can be 80 % right on it.
+From predictions on labelled images (train: the val and test splits at the best epoch; verify: each exported
+file on the verify images), counted with numpy's bincount: a few lines, no metrics library. One accuracy number
+hides the class that matters: a model 92 % right overall can be 80 % right on it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,22 @@ MAX_MATRIX_CLASSES = 30  # beyond this a matrix's labels are unreadable: confusi
 MAX_COUNTS_CLASSES = 15  # counts are written in the cells up to this many classes
 MAX_PAIRS = 20  # confused pairs kept in the figures, and drawn beyond MAX_MATRIX_CLASSES
 WRONG_IMAGES = 10  # confidently wrong val images listed in train.json
+TOP_K = 5  # top-5 accuracy beside top-1, where there are more classes than this (else it is 100 % by definition)
+
+
+def top_k_hits(scores: np.ndarray, targets: Sequence[int] | np.ndarray, *, k: int = TOP_K) -> np.ndarray | None:
+    """Per row of `scores` ([N, classes]: logits or probabilities), whether its target is among its k highest
+    scores; None when there are k classes or fewer. Rows without a target (-1) are False."""
+    if scores.shape[1] <= k:
+        return None
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the k highest, in any order
+    return (top == np.asarray(targets, dtype=np.int64)[:, None]).any(axis=1)
 
 
 def per_class(targets: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray, *,
-              labels: Sequence[str]) -> PerClass | None:
-    """The figures of the rows with a target (>= 0; -1 marks an unlabelled image); None when no row has one."""
+              labels: Sequence[str], top5_hits: Sequence[bool] | np.ndarray | None = None) -> PerClass | None:
+    """The figures of the rows with a target (>= 0; -1 marks an unlabelled image); None when no row has one.
+    `top5_hits` (per row, `top_k_hits`) adds the top-5 accuracy."""
     t, p = np.asarray(targets, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     labelled = t >= 0
     if not labelled.any():
@@ -41,7 +52,8 @@ def per_class(targets: Sequence[int] | np.ndarray, predicted: Sequence[int] | np
                             f1=_ratio(2 * hits[i], support[i] + called[i]))  # = 2PR / (P + R), defined more often
                for i in range(n)]
     f1 = [c.f1 for c in classes if c.f1 is not None]
-    return PerClass(images=int(labelled.sum()), accuracy=float(hits.sum() / labelled.sum()),
+    top5 = None if top5_hits is None else float(np.asarray(top5_hits, dtype=bool)[labelled].mean())
+    return PerClass(images=int(labelled.sum()), accuracy=float(hits.sum() / labelled.sum()), top5_accuracy=top5,
                     macro_f1=float(np.mean(f1)) if f1 else None, labels=list(labels), confusion=matrix.tolist(),
                     classes=classes, most_confused=most_confused(matrix, labels))
 
@@ -94,7 +106,8 @@ def plot_confusion(panels: Sequence[tuple[str, PerClass]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side), constrained_layout=True,
                              squeeze=False)
     for ax, (title, figures) in zip(axes[0], panels):
-        heading = f"{printable(title)}\naccuracy {100 * figures.accuracy:.1f} % on {figures.images} images"
+        top5 = f", top-5 {100 * figures.top5_accuracy:.1f} %" if figures.top5_accuracy is not None else ""
+        heading = f"{printable(title)}\naccuracy {100 * figures.accuracy:.1f} %{top5} on {figures.images} images"
         if n <= MAX_MATRIX_CLASSES:
             _matrix(ax, figures)
         else:

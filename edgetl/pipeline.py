@@ -39,6 +39,14 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys from flags; None values are ignored
     epochs_scale: float | None = None
     device: str = "auto"
+    settings: tuple[str, ...] | dict[str, Any] = ()  # `--set key=value`: any recipe key, dotted for tables
+    epochs: int | None = None  # `--epochs`: the total over the phases
+    lr: float | None = None  # `--lr`: the first phase's head rate, the others scaled with it
+
+    def recipe_options(self) -> dict[str, Any]:
+        """load_recipe's keyword arguments for this request."""
+        return {"overrides": self.overrides, "epochs_scale": self.epochs_scale, "settings": self.settings,
+                "epochs": self.epochs, "lr": self.lr}
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class ExportRequest:
     calibration: str | None = None  # None: the recipe's, else minmax
     input_type: str | None = None  # None: the recipe's [export] input, else float
     output_type: str | None = None  # None: the recipe's [export] output, else logits
+    replace: bool = False  # start the export folder afresh (default: files not asked for are kept, listed)
 
     def io_for(self, section: ExportSection | None) -> tuple[str, str]:
         """What the files take and give: flags first, then the recipe's [export] table, then float and logits."""
@@ -133,6 +142,9 @@ class RunOutcome:
         return {"run_dir": str(self.run_dir), "seconds": round(self.seconds, 2), "stage_seconds": self.stage_seconds,
                 "export_seconds": {a.file: a.seconds for a in self.manifest.artifacts},
                 "best_val_acc": self.train.best_val_acc, "best_epoch": self.train.best_epoch,
+                "val_images": self.train.val_images, "best_val_top5": self.train.best_val_top5,
+                "test_acc": self.train.test_acc, "test_top5": self.train.test_top5,
+                "test_images": self.train.test_images, "verify_inputs": self.verify.inputs,
                 "phases": [p.model_dump(mode="json") for p in self.train.phases],
                 "verify_passed": self.verify.passed, "go_no_go": self.verify.go_no_go, "shipped": self.shipped,
                 "scratch_best_val_acc": self.scratch.best_val_acc if self.scratch else None}
@@ -146,6 +158,8 @@ def refuse_changes_on_resume(request: TrainRequest, *, out: Path | None = None) 
     silently ignored."""
     given = [f"--{k.replace('_', '-')}" for k, v in request.overrides.items() if v is not None]
     given += ["--recipe"] * (request.recipe is not None) + ["--epochs-scale"] * (request.epochs_scale is not None)
+    given += ["--set"] * bool(request.settings) + ["--epochs"] * (request.epochs is not None)
+    given += ["--lr"] * (request.lr is not None)
     given += ["--out"] * (out is not None)
     if given:
         raise RunDirError(f"--resume continues the run as it started; {', '.join(given)} would change it — drop "
@@ -173,8 +187,7 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
         with lock(resume), hooks.training() as callbacks:
             summary = training.resume_run(resume, device=request.device, callbacks=callbacks)
     else:
-        resolved = load_recipe(request.recipe or DEFAULT_RECIPE, overrides=request.overrides,
-                               epochs_scale=request.epochs_scale)
+        resolved = load_recipe(request.recipe or DEFAULT_RECIPE, **request.recipe_options())
         run_dir = out or default_run_dir(request.recipe or DEFAULT_RECIPE)
         if distributed.launched() and out is None:
             raise EdgetlError("under torchrun every process needs the same run folder: pass --out")
@@ -196,7 +209,7 @@ def export_stage(run_dir: Path, request: ExportRequest = ExportRequest(), *, hoo
         input_type, output_type = request.io_for(section)
         result = export_run(run_dir, formats=request.formats_for(section), opset=request.opset, batch=request.batch,
                             checkpoint=request.checkpoint, out=request.out, precisions=precisions, plan=plan,
-                            input_type=input_type, output_type=output_type)
+                            input_type=input_type, output_type=output_type, replace=request.replace)
     hooks.exported(result)
     return result
 
@@ -313,7 +326,8 @@ def run_pipeline(request: TrainRequest, *, out: Path | None = None, resume: Path
                 train_stage(dataclasses.replace(request, recipe=str(run.recipe)), out=run_dir, hooks=hooks)
     if "export" in todo:
         with timed("export"):
-            export_stage(run_dir, export, hooks=hooks)
+            # the chain's export is exactly what it was asked for (a lone `edgetl export` keeps the other files)
+            export_stage(run_dir, dataclasses.replace(export, replace=True), hooks=hooks)
     with timed("verify"):
         result = verify_stage(run_dir, verify, hooks=hooks)
     scratch = None
@@ -335,8 +349,7 @@ def _recipe_export(request: TrainRequest, run: RunDir, *, resume: bool) -> Expor
 
     if resume:
         return export_section(run.root)
-    return load_recipe(request.recipe or DEFAULT_RECIPE, overrides=request.overrides,
-                       epochs_scale=request.epochs_scale).export
+    return load_recipe(request.recipe or DEFAULT_RECIPE, **request.recipe_options()).export
 
 
 # --- where a run directory stands ---------------------------------------------------------------------------
@@ -391,6 +404,15 @@ class RunInfo:
     verify: VerifyReport | None
     next_stage: str | None
     damaged: list[str] = field(default_factory=list)  # one "damaged: <file> (...)" line per unreadable file
+
+    def to_dict(self) -> dict[str, Any]:
+        """`edgetl info --json`: the same facts as one JSON document."""
+        def dumped(model: Any) -> Any:
+            return None if model is None else model.model_dump(mode="json")
+
+        return {"run_dir": str(self.run_dir), "recipe": dumped(self.recipe), "labels": self.labels,
+                "epochs_done": self.epochs_done, "train": dumped(self.train), "manifest": dumped(self.manifest),
+                "verify": dumped(self.verify), "next_stage": self.next_stage, "damaged": self.damaged}
 
 
 def describe(run_dir: Path) -> RunInfo:

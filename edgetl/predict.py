@@ -149,12 +149,42 @@ def _check_output_size(path: Path, size: int, manifest: Manifest) -> None:
                           f"labels — the manifest was edited or belongs to another export; re-export it")
 
 
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def expand_images(images: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given; a folder -> the image files under it (by extension, sorted; a folder without any stays, to
+    be reported unusable); a pattern with * ? [ that names no file -> its matches, sorted (`**` goes into
+    subfolders), so a quoted glob works in any shell."""
+    import glob
+
+    from PIL import Image
+
+    known = set(Image.registered_extensions())
+    found: list[str] = []
+    for image in images:
+        text = os.fspath(image)
+        if os.path.isdir(text):
+            inside = sorted(str(p) for p in Path(text).rglob("*") if p.is_file() and p.suffix.lower() in known)
+            found += inside or [text]  # no images in it: the folder itself, reported as not an image file
+        elif GLOB_CHARACTERS & set(text) and not os.path.lexists(text):
+            matches = sorted(m for m in glob.glob(text, recursive=True) if os.path.isfile(m))
+            if not matches:
+                raise DataError(f"no file matches {text!r}")
+            found += matches
+        else:
+            found.append(text)
+    return found
+
+
 def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: int = 5,
                    threads: int | None = None, precision: str | None = None, fmt: str | None = None,
                    engine: str | None = None) -> PredictResult:
-    """Every image's prediction, or the reason it cannot be used, in the order given."""
+    """Every image's prediction, or the reason it cannot be used, in the order given (folders and glob
+    patterns expanded in place: `expand_images`)."""
     if not images:
-        raise DataError("no image given — pass one or more image files")
+        raise DataError("no image given — pass one or more image files, folders or quoted glob patterns")
+    images = expand_images(images)
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")
     runner = load_artifact(export_dir, manifest, threads=threads, precision=precision, fmt=fmt, engine=engine)

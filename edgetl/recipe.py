@@ -14,8 +14,9 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -179,10 +180,10 @@ class Recipe(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
-        from edgetl.backbones import get_backbone
+        from edgetl.backbones import check_backbone_name
 
         try:
-            get_backbone(v)
+            check_backbone_name(v)
         except BackboneError as e:
             raise ValueError(str(e)) from None
         return v
@@ -255,8 +256,132 @@ def parse_recipe(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
         raise RecipeError(_format_errors(source, e)) from None
 
 
-def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, epochs_scale: float | None = None) -> Recipe:
-    """Load, apply CLI overrides (None values are ignored) and validate a recipe."""
+# --- settings from flags: `--set key=value`, `--epochs N`, `--lr X` ------------------------------------------
+
+Settings = Mapping[str, Any] | Sequence[str]  # {"head.dropout": 0.2} or ["head.dropout=0.2"]
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value): the value read as a TOML value (0.05, true, ["fp32", "int8"]), else as the
+    plain string it is (adamw, a path)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set label_smoothing=0.05 or "
+                          "--set phases.0.epochs=3")
+    try:
+        return key, tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw.strip()
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The recipe table type an annotation holds (`X | None`, `list[X]`), and whether it is a list of them."""
+    for arg in (annotation, *get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, False
+        if get_origin(arg) is list and get_args(arg) and isinstance(get_args(arg)[0], type) \
+                and issubclass(get_args(arg)[0], BaseModel):
+            return get_args(arg)[0], True
+    return None, False
+
+
+def _unknown_key(key: str, part: str, known: Sequence[str]) -> RecipeError:
+    hint = difflib.get_close_matches(part, list(known), n=1)
+    maybe = f" — did you mean {hint[0]!r}?" if hint else f"; known here: {', '.join(known)}"
+    return RecipeError(f"--set {key}: unknown recipe key {part!r}{maybe}")
+
+
+def apply_setting(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted `key` (`label_smoothing`, `head.dropout`, `phases.1.lr`, `export.precisions`) in the
+    recipe's raw table, checking each part against the schema, so a typo is named with the closest key."""
+    parts = key.split(".")
+    model: type[BaseModel] | None = Recipe
+    node: Any = data
+    i = 0
+    while True:
+        part = parts[i]
+        if model is None:  # a free-form table (a phase's group_lr): the key is the user's
+            if i != len(parts) - 1:
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:i])} holds values, not tables")
+            node[part] = value
+            return
+        if part not in model.model_fields:
+            raise _unknown_key(key, part, list(model.model_fields))
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        inner, is_list = _model_in(model.model_fields[part].annotation)
+        if is_list:
+            items = node.get(part) or []
+            index = parts[i + 1] if i + 1 < len(parts) else ""
+            if not index.isdigit() or int(index) >= len(items):
+                raise RecipeError(f"--set {key}: {part} needs an index 0..{len(items) - 1} (e.g. {part}.0.epochs)")
+            node, model, i = items[int(index)], inner, i + 2
+            if i == len(parts):
+                raise RecipeError(f"--set {key}: name a key of {part}.{index}, e.g. {part}.{index}.epochs")
+            continue
+        is_table = inner is not None or get_origin(model.model_fields[part].annotation) is dict
+        if not is_table:
+            raise RecipeError(f"--set {key}: {part} is a value, not a table")
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise RecipeError(f"--set {key}: {part} is not a table in this recipe")
+        node, model, i = node[part], inner, i + 1
+
+
+def _settings(settings: Settings | None) -> list[tuple[str, Any]]:
+    if not settings:
+        return []
+    if isinstance(settings, Mapping):
+        return list(settings.items())
+    return [parse_setting(text) for text in settings]
+
+
+def _total_epochs(data: dict[str, Any], epochs: int) -> None:
+    """Spread `epochs` over the phases in the recipe's proportions, each at least 1, summing exactly to it."""
+    phases = [p for p in data.get("phases", []) if isinstance(p, dict) and isinstance(p.get("epochs"), int)]
+    if not phases or epochs < len(phases):
+        raise RecipeError(f"--epochs {epochs}: the recipe has {len(phases)} phase(s), each needs at least one epoch")
+    total = sum(p["epochs"] for p in phases)
+    shares = [epochs * p["epochs"] / total for p in phases]
+    counts = [max(1, math.floor(s)) for s in shares]
+    by_remainder = sorted(range(len(phases)), key=lambda k: shares[k] - math.floor(shares[k]), reverse=True)
+    for k in (by_remainder * epochs)[:max(0, epochs - sum(counts))]:  # largest remainders first
+        counts[k] += 1
+    while sum(counts) > epochs:  # the minimum of 1 overshot: take from the longest
+        counts[counts.index(max(counts))] -= 1
+    for phase, count in zip(phases, counts):
+        if "warmup_epochs" in phase:  # keep the warmup's share of the phase
+            phase["warmup_epochs"] = min(phase["warmup_epochs"] * count / phase["epochs"], count / 2)
+        phase["epochs"] = count
+
+
+def _peak_lr(data: dict[str, Any], lr: float) -> None:
+    """`--lr`: the first phase's head rate becomes `lr`; every rate of every phase scales by the same factor, so
+    the recipe's ratios (head vs backbone, per-depth decay, later phases) stay as tuned."""
+    if not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise RecipeError(f"--lr must be > 0 and <= {MAX_LR:g} (got {lr})")
+    phases = [p for p in data.get("phases", []) if isinstance(p, dict)]
+    if not phases:
+        return
+    fields = Phase.model_fields
+    first = phases[0].get("head_lr", fields["head_lr"].default)
+    factor = lr / first
+    for phase in phases:
+        for name in ("lr", "head_lr"):
+            phase[name] = phase.get(name, fields[name].default) * factor
+        phase["head_lr"] = lr if phase is phases[0] else phase["head_lr"]  # exact, not a float product
+        if isinstance(phase.get("group_lr"), dict):
+            phase["group_lr"] = {k: v * factor for k, v in phase["group_lr"].items()}
+
+
+def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, epochs_scale: float | None = None,
+                settings: Settings | None = None, epochs: int | None = None, lr: float | None = None) -> Recipe:
+    """Load, apply CLI overrides (None values are ignored) and validate a recipe. Then `settings` (dotted recipe
+    keys, `--set`), `epochs` (the total over the phases, `--epochs`) and `lr` (the first phase's head rate, the
+    others scaled with it, `--lr`), in that order."""
     path = find_recipe(name_or_path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: editors on Windows add a BOM
@@ -275,4 +400,10 @@ def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, e
                 phase["epochs"] = max(1, round(phase["epochs"] * epochs_scale))
                 if "warmup_epochs" in phase:
                     phase["warmup_epochs"] = phase["warmup_epochs"] * epochs_scale
+    for key, value in _settings(settings):
+        apply_setting(data, key, value)
+    if epochs is not None:
+        _total_epochs(data, epochs)
+    if lr is not None:
+        _peak_lr(data, lr)
     return parse_recipe(data, source=str(path))

@@ -154,6 +154,9 @@ class PerClass(_Schema):
 
     images: int
     accuracy: float
+    # the share whose true class is among the TOP_K highest scores (edgetl.confusion); None with TOP_K classes or
+    # fewer (it would be 100 % by definition), or where it was not recorded
+    top5_accuracy: float | None = None
     macro_f1: float | None = None  # the mean F1 over classes that have one
     labels: list[str]
     confusion: list[list[int]]
@@ -190,6 +193,20 @@ class TrainSummary(_Versioned):
     # best.pt on the val split, per class; files from before 0.2 (or a run resumed from one) have none
     per_class: PerClass | None = None
     confidently_wrong: list[WrongImage] = []  # the most confidently wrong val images, most confident first
+    best_val_top5: float | None = None  # best.pt's top-5 accuracy on the val split; None with 5 classes or fewer
+    # best.pt on the held-out test split (a test/ folder beside train/): never trained on, never chose a
+    # checkpoint; None without one
+    test_acc: float | None = None
+    test_top5: float | None = None
+    test_per_class: PerClass | None = None
+
+    @property
+    def val_images(self) -> int | None:
+        return self.per_class.images if self.per_class else None
+
+    @property
+    def test_images(self) -> int | None:
+        return self.test_per_class.images if self.test_per_class else None
 
 
 class TensorSpec(_Schema):
@@ -438,15 +455,17 @@ def read_labels(path: Path) -> list[str]:
 
 
 class Split(_Schema):
-    """split.json: which files (relative to `root`) trained and which validated; replayed on resume."""
+    """split.json: which files (relative to `root`) trained, which validated (chose best.pt) and which were held
+    out to test; replayed on resume."""
 
     source: str
     root: str | None = None  # the data folder, absolute (runs before 0.2 have none)
     train: list[tuple[str, str]]  # (entry, class)
     val: list[tuple[str, str]]
+    test: list[tuple[str, str]] = []  # a test/ folder's images; runs before the test split have none
     classes: list[str] | None = None
 
-    @field_validator("train", "val")
+    @field_validator("train", "val", "test")
     @classmethod
     def _inside_the_data(cls, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
         for entry, _ in entries:

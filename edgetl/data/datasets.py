@@ -3,10 +3,11 @@
     bundle = load_data("photos/", preprocessing=get_backbone("resnet18").preprocessing.scaled(128))
 
 `spec` is "sample" (the generated shapes), "cifar10" / "cifar100" (torchvision, downloaded once), or a folder:
-`DIR/train/<class>/` + `DIR/val/<class>/`, or `DIR/<class>/` split per class by `val_fraction` and `seed`.
+`DIR/train/<class>/` + `DIR/val/<class>/`, or `DIR/<class>/` split per class by `val_fraction` and `seed`; a
+`DIR/test/<class>/` beside `train/` is the held-out test split (with no `val/`, val is split off `train/`).
 Every image is decoded once: train images to a `resize_size` square (augmented per batch by `augment_batch`),
-val images with exactly the eval transform a device runs — PIL resize of the shorter side, center crop — so
-val accuracy is the deployed model's. Unusable files are skipped with one warning each and listed.
+val and test images with exactly the eval transform a device runs — PIL resize of the shorter side, center
+crop — so their accuracy is the deployed model's. Unusable files are skipped with one warning each and listed.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class DataBundle:
     split: dict[str, Any]  # JSON-able, saved as split.json; pass it back as `split=` to replay it on resume
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of every unusable file
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (val entry, identical train entry)
+    test: ImageSet | None = None  # the held-out test split (a test/ folder), as val; None without one
+    # (test entry, identical train or val entry): test accuracy would count images that trained or chose best.pt
+    test_duplicates: list[tuple[str, str]] = field(default_factory=list)
 
 
 def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fraction: float = 0.2,
@@ -71,6 +75,7 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
     if spec.lower() in NAMED:
         source: FileSource | ArraySource = ArraySource(spec.lower(), torchvision_sets(spec.lower(), download=True))
         classes, train, val, split = list_torchvision(source.name, source.sets, subset=subset, split=split)
+        test: list[Entry] = []
         skipped: list[tuple[str, str]] = []
     else:
         root = ensure_sample() if spec == "sample" else Path(spec).expanduser()
@@ -80,29 +85,36 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
             raise DataError(f"data folder {root} not found — pass a folder of class folders (or with train/ and "
                             f"val/ inside), 'sample', or one of: {', '.join(NAMED)}")
         source = FileSource(root)
-        classes, train, val, skipped, split = list_folder(root, seed=seed, val_fraction=val_fraction,
-                                                           subset=subset, split=split, source=spec)
+        classes, train, val, test, skipped, split = list_folder(root, seed=seed, val_fraction=val_fraction,
+                                                                 subset=subset, split=split, source=spec)
+    parts = {"train": train, "val": val, "test": test}
     with warnings.catch_warnings():
         # PIL only warns between 1x and 2x its pixel limit; as an error the file is skipped like any bomb.
         # Set once here, not per image: warning filters are process-global, so threads must not touch them.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        train_set, val_set, failed = decode_sets(source, train, val, classes=classes,
-                                                  preprocessing=preprocessing, progress=progress)
+        sets, failed = decode_sets(source, parts, classes=classes, preprocessing=preprocessing, progress=progress)
     for path, reason in failed:
         log.warning("skipped %s: %s", path, reason)
     if failed:  # the saved split lists usable files only, so a resume replays exactly what was trained on
         bad = {path for path, _ in failed}
-        split["train"] = [e for e in train if source.path(e[0]) not in bad]
-        split["val"] = [e for e in val if source.path(e[0]) not in bad]
-    _check_usable(classes, train_set, val_set, where=str(split["source"]))
-    duplicates = same_content(source.root, split["train"], split["val"]) if isinstance(source, FileSource) else []
-    if duplicates:
-        val_entry, train_entry = duplicates[0]
-        log.warning("%s: %d val image(s) are byte-identical copies of train images (e.g. %s = %s): val accuracy "
-                    "counts images the model trained on — remove the copies from one side", split["source"],
-                    len(duplicates), val_entry, train_entry)
-    return DataBundle(classes=classes, train=train_set, val=val_set, split=split, skipped=skipped + failed,
-                      duplicates=duplicates)
+        for part, entries in parts.items():
+            if part in split:
+                split[part] = [e for e in entries if source.path(e[0]) not in bad]
+    where = str(split["source"])
+    _check_usable(classes, sets["train"], sets["val"], where=where)
+    test_set = _held_out(classes, sets["test"], where=where) if test else None
+    duplicates, test_duplicates = [], []
+    if isinstance(source, FileSource):
+        duplicates = same_content(source.root, split["train"], split["val"])
+        test_duplicates = same_content(source.root, split["train"] + split["val"], split.get("test") or [])
+    for copies, what, of, counted in ((duplicates, "val", "train", "the model trained on"),
+                                      (test_duplicates, "test", "train or val", "that trained it or chose best.pt")):
+        if copies:
+            log.warning("%s: %d %s image(s) are byte-identical copies of %s images (e.g. %s = %s): %s accuracy "
+                        "counts images %s — remove the copies from one side", where, len(copies), what, of,
+                        *copies[0], what, counted)
+    return DataBundle(classes=classes, train=sets["train"], val=sets["val"], split=split, skipped=skipped + failed,
+                      duplicates=duplicates, test=test_set, test_duplicates=test_duplicates)
 
 
 
@@ -119,6 +131,18 @@ def _check_usable(classes: list[str], train: ImageSet, val: ImageSet, *, where: 
     if without(val):
         log.warning("%s: no usable val image for class(es) %s: their accuracy is not measured", where,
                     ", ".join(without(val)))
+
+
+def _held_out(classes: list[str], test: ImageSet, *, where: str) -> ImageSet | None:
+    """The test split as decoded; None (with a warning) when none of its images is usable."""
+    if len(test) == 0:
+        log.warning("%s: no usable test image: test accuracy is not measured", where)
+        return None
+    missing = [c for c, n in zip(classes, torch.bincount(test.targets, minlength=len(classes)).tolist()) if n == 0]
+    if missing:
+        log.warning("%s: no test image of class(es) %s: their test accuracy is not measured", where,
+                    ", ".join(missing))
+    return test
 
 
 @dataclass(frozen=True)
@@ -159,48 +183,50 @@ def _transform(img: Image.Image, preprocessing: Preprocessing, *, train: bool) -
     return F.pil_to_tensor(F.center_crop(img, [crop, crop]))
 
 
-def decode_sets(source: FileSource | ArraySource, train: list[Entry], val: list[Entry], *, classes: list[str],
-                 preprocessing: Preprocessing, progress: Progress | None
-                 ) -> tuple[ImageSet, ImageSet, list[tuple[str, str]]]:
+def decode_sets(source: FileSource | ArraySource, parts: dict[str, list[Entry]], *, classes: list[str],
+                preprocessing: Preprocessing, progress: Progress | None
+                ) -> tuple[dict[str, ImageSet], list[tuple[str, str]]]:
+    """Each part's images decoded ("train": its resize_size square, any other: the eval transform), in order,
+    unusable files left out and returned as (path, reason)."""
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({c for _, c in train + val} - set(index))
+    unknown = sorted({c for entries in parts.values() for _, c in entries} - set(index))
     if unknown:
         raise DataError(f"the saved split names class(es) {', '.join(unknown)} missing from its class list — "
                         f"split.json is damaged; start a new run")
     r, c = preprocessing.resize_size, preprocessing.crop_size
-    on_disk = 3 * (len(train) * r * r + len(val) * c * c) > MEMORY_FRACTION * psutil.virtual_memory().available
-    parts = [(train, True, allocate_images(len(train), r, on_disk=on_disk)),
-             (val, False, allocate_images(len(val), c, on_disk=on_disk))]
-    jobs = [(k, i) for k, (entries, _, _) in enumerate(parts) for i in range(len(entries))]
-    kept: list[list[int]] = [[], []]
+    sizes = {name: r if name == "train" else c for name in parts}
+    on_disk = 3 * sum(len(e) * sizes[n] ** 2 for n, e in parts.items()) > \
+        MEMORY_FRACTION * psutil.virtual_memory().available
+    names = list(parts)
+    images = {name: allocate_images(len(parts[name]), sizes[name], on_disk=on_disk) for name in names}
+    jobs = [(name, i) for name in names for i in range(len(parts[name]))]
+    kept: dict[str, list[int]] = {name: [] for name in names}
     failed: list[tuple[str, str]] = []
 
-    def run(job: tuple[int, int]) -> torch.Tensor | str:
-        entries, is_train, _ = parts[job[0]]
+    def run(job: tuple[str, int]) -> torch.Tensor | str:
+        name, i = job
         try:
-            return source.decode(entries[job[1]][0], preprocessing, train=is_train)
+            return source.decode(parts[name][i][0], preprocessing, train=name == "train")
         except UnusableImageError as e:
             return str(e)
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        for done, ((k, i), result) in enumerate(zip(jobs, pool.map(run, jobs)), start=1):
-            entries, _, images = parts[k]
+        for done, ((name, i), result) in enumerate(zip(jobs, pool.map(run, jobs)), start=1):
             if isinstance(result, str):
-                failed.append((source.path(entries[i][0]), result))
+                failed.append((source.path(parts[name][i][0]), result))
             else:
                 # Packed in place as we go (row n <- image i, n <= i): a failure leaves no gap and costs no copy.
                 # Through numpy: a single-threaded memcpy, where torch's copy would wake its thread pool per
                 # image (10x slower on a busy 2-core machine).
-                images.numpy()[len(kept[k])] = result.numpy()
-                kept[k].append(i)
+                images[name].numpy()[len(kept[name])] = result.numpy()
+                kept[name].append(i)
             if progress is not None:
                 progress(done, len(jobs))
-    train_set, val_set = (
-        ImageSet(images=images[:len(rows)],
-                 targets=torch.tensor([index[entries[i][1]] for i in rows], dtype=torch.int64),
-                 paths=[source.path(entries[i][0]) for i in rows])
-        for (entries, _, images), rows in zip(parts, kept))
-    return train_set, val_set, failed
+    sets = {name: ImageSet(images=images[name][:len(rows)],
+                           targets=torch.tensor([index[parts[name][i][1]] for i in rows], dtype=torch.int64),
+                           paths=[source.path(parts[name][i][0]) for i in rows])
+            for name, rows in kept.items()}
+    return sets, failed
 
 
 def allocate_images(n: int, size: int, *, on_disk: bool) -> torch.Tensor:

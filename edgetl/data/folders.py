@@ -16,7 +16,7 @@ import stat
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -31,41 +31,76 @@ WORKERS = 2  # hashing and decoding threads: I/O and PIL release the GIL
 Entry = list  # [relpath or "train/<index>", class name]: the JSON-able unit of split.json
 
 
+class Listing(NamedTuple):
+    """What `list_folder` found: the class names and each split's [entry, class] lists."""
+
+    classes: list[str]
+    train: list[Entry]
+    val: list[Entry]
+    test: list[Entry]
+    skipped: list[tuple[str, str]]
+    split: dict[str, Any]  # the split.json record
+
+
 def list_folder(root: Path, *, seed: int, val_fraction: float, subset: int | None,
-                 split: dict[str, Any] | None, source: str) -> tuple[list[str], list[Entry], list[Entry],
-                                                                       list[tuple[str, str]], dict[str, Any]]:
-    """Classes, train and val entries, skipped files and the split.json record of an existing folder `root`:
-    `train/` + `val/` as they are, else class folders split per class (or `split` replayed on a resume)."""
+                split: dict[str, Any] | None, source: str) -> Listing:
+    """Classes, train, val and test entries, skipped files and the split.json record of an existing folder
+    `root`: `train/` + `val/` as they are (and `test/`, held out, when there is one); `train/` + `test/` with val
+    split off train per class; else class folders split per class (or `split` replayed on a resume)."""
     skipped: list[tuple[str, str]] = []
     if split is not None:  # a resume: the saved lists, not a new listing
         classes = list(split.get("classes") or sorted({c for _, c in split["train"]}))
-        if split.get("fingerprint") not in (None, fingerprint(root, split["train"] + split["val"])):
+        test = list(split.get("test") or [])
+        if split.get("fingerprint") not in (None, fingerprint(root, split["train"] + split["val"] + test)):
             log.warning("%s: images the run trains on changed since it started (modified, replaced or removed); "
                         "the resumed run uses them as they are now", root)
-        return classes, split["train"], split["val"], skipped, dict(split)
-    presplit = (root / "train").is_dir() and (root / "val").is_dir()
-    if presplit:
-        train_files, skipped = list_classes(root / "train", root=root)
-        val_files, val_skipped = list_classes(root / "val", root=root)
-        skipped += val_skipped
-        extra = sorted(set(val_files) - set(train_files))
-        if extra:
-            raise DataError(f"{root / 'val'}: class folder(s) {', '.join(extra)} are not in {root / 'train'} — "
-                            f"every val class needs train images: add them or remove those folders")
-        classes = check_classes(train_files, where=root / "train")
-        train = [[(Path("train") / c / f).as_posix(), c] for c in classes for f in train_files[c]]
-        val = [[(Path("val") / c / f).as_posix(), c] for c in sorted(val_files) for f in val_files[c]]
-    else:
+        return Listing(classes, split["train"], split["val"], test, skipped, dict(split))
+    has = {part: (root / part).is_dir() for part in ("train", "val", "test")}
+    # train/ + val/ (+ test/) as given; train/ + test/ with val split off train/; else class folders, all split
+    layout = "train/val" if has["train"] and has["val"] else "train split/test" if has["train"] and has["test"] \
+        else "split"
+    test: list[Entry] = []
+    if layout == "split":
         files, skipped = list_classes(root, root=root)
         classes = check_classes(files, where=root)
         train, val = split_classes(files, seed=seed, val_fraction=val_fraction, where=root)
+    else:
+        train_files, skipped = list_classes(root / "train", root=root)
+        classes = check_classes(train_files, where=root / "train")
+        if layout == "train/val":
+            train = _entries("train", train_files)
+            val = _listed_part(root, "val", train_files, skipped)
+        else:  # no val/: val comes out of train/, so test/ stays held out from choosing best.pt
+            train, val = split_classes(train_files, seed=seed, val_fraction=val_fraction, where=root / "train")
+            train, val = ([[f"train/{entry}", c] for entry, c in part] for part in (train, val))
+        if has["test"]:
+            test = _listed_part(root, "test", train_files, skipped)
     if subset is not None:
+        held_out = max(len(classes), subset // 5)  # val and test stay a fifth of the train images they judge
         train = [train[i] for i in stratified_first([c for _, c in train], subset)]
-        val = [val[i] for i in stratified_first([c for _, c in val], max(len(classes), subset // 5))]
-    split = {"source": source, "root": str(root.resolve()), "layout": "train/val" if presplit else "split",
-             "seed": seed, "val_fraction": None if presplit else val_fraction, "subset": subset,
-             "classes": classes, "train": train, "val": val, "fingerprint": fingerprint(root, train + val)}
-    return classes, train, val, skipped, split
+        val = [val[i] for i in stratified_first([c for _, c in val], held_out)]
+        test = [test[i] for i in stratified_first([c for _, c in test], held_out)]
+    split = {"source": source, "root": str(root.resolve()), "layout": layout, "seed": seed,
+             "val_fraction": None if layout == "train/val" else val_fraction, "subset": subset,
+             "classes": classes, "train": train, "val": val, "test": test,
+             "fingerprint": fingerprint(root, train + val + test)}
+    return Listing(classes, train, val, test, skipped, split)
+
+
+def _listed_part(root: Path, part: str, train_files: dict[str, list[str]], skipped: list[tuple[str, str]]
+                 ) -> list[Entry]:
+    """The entries of `root/part/` (val/ or test/); a class folder that train/ lacks stops here."""
+    files, part_skipped = list_classes(root / part, root=root)
+    skipped += part_skipped
+    extra = sorted(set(files) - set(train_files))
+    if extra:
+        raise DataError(f"{root / part}: class folder(s) {', '.join(extra)} are not in {root / 'train'} — "
+                        f"every {part} class needs train images: add them or remove those folders")
+    return _entries(part, files)
+
+
+def _entries(part: str, files: dict[str, list[str]]) -> list[Entry]:
+    return [[(Path(part) / c / f).as_posix(), c] for c in sorted(files) for f in files[c]]
 
 
 def fingerprint(root: Path, entries: list[Entry]) -> str:
@@ -81,7 +116,8 @@ def fingerprint(root: Path, entries: list[Entry]) -> str:
 
 
 def same_content(root: Path, train: list[Entry], val: list[Entry]) -> list[tuple[str, str]]:
-    """(val entry, train entry) pairs whose files are byte-identical: val accuracy would count memorised images.
+    """(val entry, train entry) pairs whose files are byte-identical: val accuracy would count memorised images
+    (and the same for (test, train + val): test accuracy would count images that chose best.pt too).
 
     By content, not name: a photo copied into two class folders or both splits has different names."""
     def digest(entry: str) -> str | None:

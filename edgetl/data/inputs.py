@@ -2,11 +2,12 @@
 
     inputs = gather_inputs(run_dir, labels=labels, preprocessing=prep, data=None, samples=32)  # x: [N, 3, H, W]
 
-`edgetl verify` feeds them to every runtime, and `edgetl export` checks its BatchNorm fold on them. Real
-images come from `--data DIR` when given, else the run's validation split (split.json); they are
-preprocessed by `edgetl.preprocessing`, the manifest alone, exactly as a device would. A few N(0, 1) tensors
-follow, so parity is also checked away from the training distribution. Missing files are skipped with a
-warning; with no real image left, parity runs on the random tensors alone and says so.
+`edgetl verify` feeds them to every runtime, export's INT8 guard judges on them, and `edgetl export` checks its
+BatchNorm fold on them. Real images come from `--data DIR` when given, else the run's held-out images
+(split.json): its test split when it has one, else its val split (`held_out_part`); they are preprocessed by
+`edgetl.preprocessing`, the manifest alone, exactly as a device would. A few N(0, 1) tensors follow, so parity
+is also checked away from the training distribution. Missing files are skipped with a warning; with no real
+image left, parity runs on the random tensors alone and says so.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from edgetl.rundir import RunDir, read_split
 log = logging.getLogger(__name__)
 
 RANDOM_INPUTS = 4
-# Export's INT8 guard and verify judge a file on the whole val split up to this many images: all of it for the
-# few-hundred-photo sets this tool is for, and enough for a 1-point accuracy bar to mean something on bigger ones
+# Export's INT8 guard and verify judge a file on the whole held-out split (test, else val) up to this many images:
+# all of it for the few-hundred-photo sets this tool is for, and enough for a 1-point accuracy bar to mean
+# something on bigger ones
 JUDGED_IMAGES = 5000
 Source = Path | Image.Image  # a file, or an already decoded image (torchvision's array datasets)
 
@@ -43,20 +45,24 @@ Source = Path | Image.Image  # a file, or an already decoded image (torchvision'
 class Inputs:
     x: np.ndarray  # float32 [N, 3, H, W]: the real images first, then the random tensors
     targets: np.ndarray  # int64 [N]: index into the manifest's labels; -1 when unlabelled or random
-    info: dict[str, Any]  # JSON-able: where they came from and how many
+    # JSON-able: where they came from ("part": the split or subfolder), how many there were ("listed") and were
+    # used ("images", "labelled")
+    info: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
 
 def gather_inputs(run_dir: Path, *, labels: Sequence[str], preprocessing: Preprocessing, data: str | None,
                   samples: int, random: int = RANDOM_INPUTS, seed: int = 0) -> Inputs:
-    """`samples` real images (round-robin over classes) then `random` N(0, 1) tensors, labelled where known."""
+    """`samples` real images (round-robin over classes) then `random` N(0, 1) tensors, labelled where known:
+    from `data`, else the run's test split, else its val split."""
     warnings: list[str] = []
     if data is not None:
-        entries, info = _folder_entries(data), {"source": "data", "root": data}
+        entries, info = _folder_entries(data)
         if not entries:
             raise DataError(f"--data {data}: no images found — pass a folder of images or of class folders")
     else:
         entries, info = _split_entries(run_dir, warnings)
+    info["listed"] = len(entries)
     x_real, targets, skipped = _decode(_pick(entries, samples), preprocessing, list(labels), warnings)
     if x_real.shape[0] == 0:
         _warn(warnings, "no real images to check with; parity uses random inputs only — pass --data DIR to "
@@ -75,14 +81,18 @@ def _warn(warnings: list[str], message: str) -> None:
     warnings.append(message)
 
 
-def _folder_entries(data: str) -> list[tuple[Source, str | None]]:
-    """(image, class folder name or None) for a folder of class folders, its val/ part, or `sample`: the images
-    the shared walker lists (edgetl.data.folders), so verify takes exactly what training would."""
+def _folder_entries(data: str) -> tuple[list[tuple[Source, str | None]], dict[str, Any]]:
+    """(image, class folder name or None) for a folder of class folders, its test/ part (else its val/ part), or
+    `sample`: the images the shared walker lists (edgetl.data.folders), so verify takes exactly what training
+    would."""
     root = ensure_sample() if data == "sample" else Path(data).expanduser()
     if not root.is_dir():
         raise DataError(f"--data {data}: folder not found — pass a folder of images or of class folders, or `sample`")
-    if (root / "val").is_dir():
-        root = root / "val"
+    info: dict[str, Any] = {"source": "data", "root": data}
+    part = next((p for p in HELD_OUT if (root / p).is_dir()), None)
+    if part is not None:
+        root = root / part
+        info["part"] = part
     skipped: list[tuple[str, str]] = []
     entries: list[tuple[Source, str | None]] = []
     for path in walk_images(root, skipped, root=root):
@@ -90,19 +100,29 @@ def _folder_entries(data: str) -> list[tuple[Source, str | None]]:
         entries.append((path, rel.parts[0] if len(rel.parts) > 1 else None))
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
-    return entries
+    return entries, info
 
 
-def _split_entries(run_dir: Path, warnings: list[str], *, part: str = "val"
+HELD_OUT = ("test", "val")  # the split that judges a trained model: the first one a run (or a folder) has
+
+
+def held_out_part(split: dict[str, Any]) -> str:
+    """The split a run's model is judged on: "test" when split.json lists test images, else "val"."""
+    return next(part for part in HELD_OUT if split.get(part) or part == "val")
+
+
+def _split_entries(run_dir: Path, warnings: list[str], *, part: str | None = None
                    ) -> tuple[list[tuple[Source, str | None]], dict[str, Any]]:
-    """The images split.json lists in `part` (val, or train for calibration), those still there; a warning for
-    any that are gone."""
+    """The images split.json lists in `part` (None: `held_out_part`; train for calibration), those still there; a
+    warning for any that are gone."""
     path = RunDir(run_dir).split
-    what = "validation" if part == "val" else part
     if not path.is_file():
+        what = "validation" if part in (None, "val") else part
         _warn(warnings, f"{path} not found: no {what} images to check with")
         return [], {"source": "split"}
     split = read_split(path)
+    part = part or held_out_part(split)
+    what = "validation" if part == "val" else part
     source, listed = str(split.get("source")), split.get(part) or []
     info: dict[str, Any] = {"source": "split", "dataset": source, "part": part}
     if source.lower() in ("cifar10", "cifar100"):

@@ -59,17 +59,20 @@ def ensure_sample(root: Path | None = None) -> Path:
 
 
 def make_image_folder(root: Path, *, classes: int | list[str], per_class: int, size: int, seed: int,
-                      split: bool = True, val_per_class: int | None = None) -> Path:
+                      split: bool = True, val_per_class: int | None = None, test_per_class: int = 0) -> Path:
     """Write shape images as `root/{train,val}/<class>/` (or `root/<class>/` with split=False); return root.
 
     An int `classes` takes the first shape names; a list names the folders and draws shape i % 6 for the
-    i-th name. `val_per_class` defaults to a quarter of `per_class` (at least 1).
+    i-th name. `val_per_class` defaults to a quarter of `per_class` (at least 1); `test_per_class` > 0 adds a
+    held-out `root/test/<class>/` (drawn from seeds of its own: no image repeats another split's).
     """
     names = list(SHAPES[:classes]) if isinstance(classes, int) else list(classes)
     if isinstance(classes, int) and not 1 <= classes <= len(SHAPES):
         raise ValueError(f"classes must be 1..{len(SHAPES)} when given as a count (got {classes}); pass names")
     root = Path(root)
     splits = {"train": per_class, "val": max(1, per_class // 4) if val_per_class is None else val_per_class}
+    if test_per_class > 0:
+        splits["test"] = test_per_class
     for split_id, (split_name, count) in enumerate(splits.items() if split else [("", per_class)]):
         for class_id, name in enumerate(names):
             folder = root / split_name / name

@@ -1,4 +1,4 @@
-"""Lower-precision files beside the fp32 ones: INT8 calibrated on train images and guarded on val images, fp16.
+"""Lower-precision files beside the fp32 ones: INT8 calibrated on train images and guarded on held-out ones, fp16.
 
     source = Source(fp32=tmp / "model.onnx", model=deployed, example=example, meta=meta)
     written = derive_precision("onnx", "int8", source, tmp, run_dir=run, plan=QuantPlan())
@@ -7,8 +7,8 @@ Each format says how it makes a precision (`Format.derive`: ONNX rewrites its fp
 tools; ExecuTorch and LiteRT quantize the deploy model with PT2E and convert it again); this module runs them
 the same way. INT8 calibrates on a seeded draw of train-split images, preprocessed exactly as the device does
 (the same draw for every format). The accuracy guard then compares the INT8 file with the fp32 file of its
-format on val images, against verify's int8 bars (top-1 agreement, accuracy drop): the same images and bars as
-verify, so the two print one verdict. While a bar fails, the model's ends (already float from the first attempt
+format on the run's held-out images (its test split when it has one, else its val split), against verify's int8
+bars (top-1 agreement, accuracy drop): the same images and bars as verify, so the two print one verdict. While a bar fails, the model's ends (already float from the first attempt
 where the format measured them no slower float), then the layers whose own quantization is noisiest (where the
 format can rank them: onnxruntime's QDQ debugging helpers) stay float and the file is quantized again, until the
 bars hold or the rounds run out.
@@ -54,7 +54,7 @@ class QuantPlan:
     method: str = "minmax"  # measured: MinMax matched Entropy and Percentile on real photos, and is the fastest
     activations: str = "uint8"  # uint8 | int8 | auto: quantize both, keep the faster on this CPU
     calibration_images: int = 128  # measured: 120 matched 240 and 600 on real photos, at a third of the time
-    guard_images: int = JUDGED_IMAGES  # val images the guard judges on: all of them, as verify does
+    guard_images: int = JUDGED_IMAGES  # held-out images the guard judges on (test, else val): all, as verify does
     seed: int = 0
 
     def validate(self) -> None:
@@ -88,8 +88,8 @@ def derive_precision(fmt_name: str, precision: str, source: Source, folder: Path
     meta = source.meta
     prep = Preprocessing.coerce(meta.preprocessing)
     started = time.perf_counter()
-    val = gather_inputs(run_dir, labels=meta.labels, preprocessing=prep, data=None, samples=plan.guard_images,
-                        random=0)
+    held_out = gather_inputs(run_dir, labels=meta.labels, preprocessing=prep, data=None,
+                             samples=plan.guard_images, random=0)
     with tempfile.TemporaryDirectory(prefix=f"edgetl-{precision}-") as tmp:
         prepared = derivation.prepare(source, Path(tmp))
         if precision == "int8":
@@ -101,21 +101,21 @@ def derive_precision(fmt_name: str, precision: str, source: Source, folder: Path
                 raise EdgetlError(f"no train images to calibrate INT8 on (split.json of {run_dir}) — INT8 needs "
                                   f"the run's data folder on this machine")
             settings = _guarded_int8(fmt_name, prepared, source.fp32, out, Path(tmp), calibration=calibration,
-                                     val=val, plan=plan)
+                                     held_out=held_out, plan=plan)
             settings["calibration"] = {**drawn, "method": settings.get("method", plan.method)}
         else:
             settings = derivation.make(prepared, out)
-            settings["guard"] = {"rounds": [_judge(fmt_name, source.fp32, out, val, precision)]}
+            settings["guard"] = {"rounds": [_judge(fmt_name, source.fp32, out, held_out, precision)]}
     fields = settings.pop("fields", {})  # the file's own manifest fields (its io, its delegation)
     seconds = time.perf_counter() - started
-    log.info("%s %s: %s, %.1f MB in %.1f s", fmt_name, precision, out.name, out.stat().st_size / 1e6, seconds)
+    log.info("%s %s: %s, %.1f MiB in %.1f s", fmt_name, precision, out.name, out.stat().st_size / 2**20, seconds)
     return Written(format=fmt_name, file=out.name, bytes=out.stat().st_size, sha256=files.sha256_file(out),
                    precision=precision, seconds=round(seconds, 3), quantization=settings, runtime=fmt.runtime,
                    versions=fmt.versions(), **fields)
 
 
 def _guarded_int8(fmt_name: str, prepared: Any, fp32: Path, out: Path, folder: Path, *, calibration: np.ndarray,
-                  val: Inputs, plan: QuantPlan) -> dict[str, Any]:
+                  held_out: Inputs, plan: QuantPlan) -> dict[str, Any]:
     """Quantize, judge, and while a bar fails keep more layers float: first the model's ends (its first conv and
     its classifier, the layers CNN quantization hurts most; float from the start where the format says so), then
     the layers with the noisiest own quantization where the format can rank them, GUARD_STEP more per round, at
@@ -133,7 +133,7 @@ def _guarded_int8(fmt_name: str, prepared: Any, fp32: Path, out: Path, folder: P
         path = folder / f"round{round_}{suffix}"
         settings = derivation.make(prepared, path, calibration=calibration, method=plan.method, exclude=excluded,
                                    activations=activations)
-        rounds.append({**_judge(fmt_name, fp32, path, val, "int8"), "excluded_nodes": list(excluded),
+        rounds.append({**_judge(fmt_name, fp32, path, held_out, "int8"), "excluded_nodes": list(excluded),
                        "file": path, "settings": settings})
         if rounds[-1]["passed"] is not False or round_ == GUARD_ROUNDS:
             break
@@ -210,25 +210,29 @@ def _p50_ms(runner: Any, x: np.ndarray, *, seconds: float = 0.5, warmup: int = 3
     return 1000 * float(np.median(times))
 
 
-def _judge(fmt_name: str, fp32: Path, candidate: Path, val: Inputs, precision: str) -> dict[str, Any]:
-    """The candidate against the fp32 file on the guard's val images, by verify's bars for `precision`:
-    `passed` (every bar; None when there are no labelled images to judge on)."""
+def _judge(fmt_name: str, fp32: Path, candidate: Path, held_out: Inputs, precision: str) -> dict[str, Any]:
+    """The candidate against the fp32 file on the guard's held-out images (the run's test split, else its val
+    split), by verify's bars for `precision`: `passed` (every bar; None when there are no labelled images to
+    judge on)."""
     load = FORMATS[fmt_name].open
-    labelled = val.targets >= 0
+    labelled = held_out.targets >= 0
+    split = held_out.info.get("part", "val")
     if not labelled.any():
-        return {"passed": None, "why": "no labelled val images to judge on", "images": 0, "accuracy_drop": 0.0}
-    x, targets = val.x[labelled], val.targets[labelled]
+        return {"passed": None, "why": f"no labelled {split} images to judge on", "images": 0, "split": split,
+                "accuracy_drop": 0.0}
+    x, targets = held_out.x[labelled], held_out.targets[labelled]
     reference = run_batched(load(fp32), x, batch=PARITY_BATCH)
     figures = compare_logits(reference, run_batched(load(candidate), x, batch=PARITY_BATCH), targets=targets)
     bars = BARS[precision]
     drop = figures["reference_accuracy"] - figures["accuracy"]
-    failing = [f"top-1 agreement {figures['top1_agreement']:.1%} < {bars.min_top1:.0%} on {len(x)} val images"] \
+    images = f"{len(x)} {split} images"
+    failing = [f"top-1 agreement {figures['top1_agreement']:.1%} < {bars.min_top1:.0%} on {images}"] \
         if figures["top1_agreement"] < bars.min_top1 else []
     if bars.max_accuracy_drop is not None and drop > bars.max_accuracy_drop:
-        failing.append(f"accuracy drop {100 * drop:.1f} pt > {100 * bars.max_accuracy_drop:.0f} pt on {len(x)} val "
-                       f"images ({100 * figures['accuracy']:.1f} % vs {100 * figures['reference_accuracy']:.1f} %)")
+        failing.append(f"accuracy drop {100 * drop:.1f} pt > {100 * bars.max_accuracy_drop:.0f} pt on {images} "
+                       f"({100 * figures['accuracy']:.1f} % vs {100 * figures['reference_accuracy']:.1f} %)")
     return {"passed": not failing, "accuracy_drop": drop, "why": "; ".join(failing) or "bars hold",
-            "images": int(len(x)),
+            "images": int(len(x)), "split": split,
             "top1_agreement": figures["top1_agreement"], "accuracy": figures["accuracy"],
             "fp32_accuracy": figures["reference_accuracy"], "max_rel_diff": figures["max_rel_diff"],
             "accuracy_ci": figures["accuracy_ci"], "fp32_accuracy_ci": figures["reference_accuracy_ci"]}

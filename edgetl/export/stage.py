@@ -36,6 +36,7 @@ from edgetl.formats import DEFAULT_FORMATS, FORMATS, resolve_formats
 from edgetl.formats.base import ExportMeta, Source
 from edgetl.formats.device_io import device_model, to_device_input
 from edgetl.model.checkpoint import check_belongs, checkpoint_meta, load_model
+from edgetl.model.macs import count_macs
 from edgetl.recipe import INPUT_TYPES, OUTPUT_TYPES
 from edgetl.rundir import CheckpointMeta, Manifest, RunDir
 
@@ -74,21 +75,8 @@ def _write(name: str, model: nn.Module, example: torch.Tensor, folder: Path, *, 
     artifact = Written(format=name, file=fmt.file, bytes=path.stat().st_size, sha256=files.sha256_file(path),
                        precision=fmt.precisions[0], seconds=round(seconds, 3), runtime=fmt.runtime,
                        versions=fmt.versions(), **extra)
-    log.info("%s: %s, %.1f MB in %.1f s", name, fmt.file, artifact.bytes / 1e6, seconds)
+    log.info("%s: %s, %.1f MiB in %.1f s", name, fmt.file, artifact.bytes / 2**20, seconds)
     return artifact
-
-
-def count_macs(model: nn.Module, x: torch.Tensor) -> int | None:
-    """Multiply-accumulates of one forward pass on `x` (conv and matmul; FLOPs / 2), by torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    except Exception as e:  # a counting failure must not block an export
-        log.warning("could not count MACs (%s: %s)", type(e).__name__, e)
-        return None
-    return counter.get_total_flops() // 2
 
 
 @contextlib.contextmanager
@@ -156,6 +144,51 @@ def _swap_in(new: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _previous_manifest(out: Path) -> Manifest | None:
+    """The export already in `out`, if its manifest reads (a damaged one is replaced, not built on)."""
+    try:
+        return rundir.read_manifest(out / MANIFEST) if (out / MANIFEST).is_file() else None
+    except EdgetlError as e:
+        log.warning("replacing the export in %s as a whole: its manifest does not read (%s)", out, e)
+        return None
+
+
+def _same_model(previous: Manifest, manifest: Manifest) -> str | None:
+    """Why the previous export's files cannot stand beside the new ones (None: they can)."""
+    checks = {"checkpoint": (previous.run, manifest.run), "labels": (previous.labels, manifest.labels),
+              "preprocessing": (previous.preprocessing, manifest.preprocessing),
+              "input": (previous.input, manifest.input), "output": (previous.output, manifest.output),
+              "model": (previous.model.params, manifest.model.params)}
+    differ = [what for what, (old, new) in checks.items() if old != new]
+    return f"its {', '.join(differ)} differ" if differ else None
+
+
+def _keep_unasked(previous: Manifest | None, manifest: Manifest, out: Path, tmp: Path) -> list[Written]:
+    """Copy the previous export's files that this export did not write into `tmp`, when they belong to the same
+    model and still match their hashes; their entries, to list them again (golden outputs are recomputed)."""
+    if previous is None:
+        return []
+    written = {(a.format, a.precision) for a in manifest.artifacts}
+    unasked = [a for a in previous.artifacts if (a.format, a.precision) not in written]
+    if not unasked:
+        return []
+    why = _same_model(previous, manifest)
+    if why:
+        log.warning("replacing the export in %s as a whole, dropping %s: %s", out,
+                    ", ".join(a.file for a in unasked), why)
+        return []
+    kept = []
+    for entry in unasked:
+        source = out / entry.file
+        if not source.is_file() or files.sha256_file(source) != entry.sha256:
+            log.warning("dropping %s from the export: it no longer matches its manifest entry", entry.file)
+            continue
+        shutil.copy2(source, tmp / entry.file)
+        kept.append(Written(**entry.model_dump()))
+        log.info("kept %s from the previous export (not asked for this time)", entry.file)
+    return kept
+
+
 def check_request(formats: Sequence[str], *, opset: int | None, batch: int | None, checkpoint: str) -> list[str]:
     """Refuse bad flags before any work (usage errors, exit code 2); the format names, resolved."""
     names = resolve_formats(formats)
@@ -214,8 +247,11 @@ def fold_checked(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, DeployRe
 def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS), opset: int | None = None,
                batch: int | None = None, checkpoint: str = "best", out: Path | None = None,
                precisions: Sequence[str] = ("fp32",), plan: QuantPlan = QuantPlan(), input_type: str = "float",
-               output_type: str = "logits") -> ExportResult:
-    """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`), replacing any previous export.
+               output_type: str = "logits", replace: bool = False) -> ExportResult:
+    """Export `run_dir`'s checkpoint to `out` (default `run_dir/export`). The files asked for are written (or
+    rewritten); the previous export's other files are kept and listed, when it was made from the same checkpoint
+    with the same tensors (`replace`: start from an empty folder). The folder is swapped in whole, so a failed
+    export leaves the previous one as it was.
 
     Every format writes its fp32 file; each lower precision in `precisions` is made from it by the formats
     that can (`Format.derive`), beside it: the fp32 file stays, the reference its speed-up is measured against.
@@ -230,6 +266,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
     _check_outside_data(out, run_dir)
     _check_replaceable(out)
+    previous = None if replace else _previous_manifest(out)
     try:  # before the slow work: an --out under a file, or on a read-only disk, is a usage error
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -271,6 +308,11 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
                     artifacts.append(derive_precision(name, precision, source, tmp, run_dir=run_dir, plan=plan))
         manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
                                   artifacts=artifacts)
+        kept = _keep_unasked(previous, manifest, out, tmp)
+        if kept:
+            artifacts += kept
+            manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
+                                      artifacts=artifacts)
         with _step("golden vectors", out):  # real val crops, as the device holds them, and each file's output
             real = inputs.x[:int(inputs.info.get("images", 0))][:GOLDEN_IMAGES]
             manifest.golden = write_golden(tmp, artifacts, to_device_input(real, mean=prep.mean, std=prep.std),

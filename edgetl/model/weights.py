@@ -10,10 +10,12 @@ so that backbone works offline; torchvision weights come from torch hub's cache 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
+import sys
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,7 +148,8 @@ def _torchvision_imagenet(backbone: Backbone) -> StateDict:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch hub's urlopen takes no timeout; without one it can hang
     try:
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+        with contextlib.redirect_stdout(sys.stderr):  # torch hub's "Downloading: ..." line: stdout is for --json -
+            return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsError(f"cannot download ImageNet weights for {backbone.name} ({reason}) and none are cached "

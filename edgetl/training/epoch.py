@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgetl.confusion import TOP_K
 from edgetl.data.augment import augment_batch, center_crop_batch, normalize
 from edgetl.errors import EdgetlError, TrainingError
 from edgetl.preprocessing import Preprocessing
@@ -187,13 +188,19 @@ class Sums:
 
 @dataclass
 class Evaluation:
-    """An evaluation pass: mean loss and accuracy, and each row's predicted class and its probability (in the
-    data's order: what per-class figures and the confidently wrong images are read from)."""
+    """An evaluation pass: mean loss and accuracy, and each row's predicted class, its probability and whether
+    the true class is among the TOP_K highest (in the data's order: what per-class figures and the confidently
+    wrong images are read from)."""
 
     loss: float
     accuracy: float
     predicted: list[int]
     confidence: list[float]
+    top5: list[bool] | None = None  # None with TOP_K classes or fewer: top-5 would be 100 % by definition
+
+    @property
+    def top5_accuracy(self) -> float | None:
+        return None if self.top5 is None else sum(self.top5) / max(len(self.top5), 1)
 
 
 @torch.no_grad()
@@ -202,7 +209,9 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, 
     rows of each batch; the rows are summed over the ranks, each filled by one)."""
     autocast = _autocast(data.device)
     sums = Sums(data.device)
-    rows = torch.zeros((len(data), 2), dtype=sums.values.dtype, device=data.device)  # predicted class, probability
+    # per row: predicted class, its probability, and whether the target is among the TOP_K highest logits
+    rows = torch.zeros((len(data), 3), dtype=sums.values.dtype, device=data.device)
+    ranked = False
     for k, (x, y, total) in enumerate(data.batches(batch_size, None)):  # in order: batch k starts at row k * size
         if not len(y):  # a last batch with fewer rows than ranks
             continue
@@ -210,10 +219,12 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], data: Batcher, *, 
             logits = forward(x).float()
         sums.add(nn.functional.cross_entropy(logits, y, reduction="sum"), logits, y)
         confidence, predicted = logits.softmax(dim=1).max(dim=1)
+        ranked = logits.shape[1] > TOP_K
+        in_top = (logits.topk(TOP_K, dim=1).indices == y[:, None]).any(dim=1) if ranked else predicted == y
         mine = k * batch_size + distributed.shard(torch.arange(total, device=data.device))
-        rows[mine] = torch.stack([predicted.to(rows.dtype), confidence.to(rows.dtype)], dim=1)
+        rows[mine] = torch.stack([predicted.to(rows.dtype), confidence.to(rows.dtype), in_top.to(rows.dtype)], dim=1)
     loss_sum, correct, seen = sums.total()
-    predicted, confidence = distributed.all_sum(rows).cpu().T.tolist()
+    predicted, confidence, in_top = distributed.all_sum(rows).cpu().T.tolist()
     n = max(seen, 1)
     return Evaluation(loss=loss_sum / n, accuracy=correct / n, predicted=[round(p) for p in predicted],
-                      confidence=confidence)
+                      confidence=confidence, top5=[bool(round(h)) for h in in_top] if ranked else None)

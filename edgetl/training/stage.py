@@ -4,8 +4,8 @@
 
 Everything that can fail on bad input is checked before anything is written (`prepare_run`). Each phase is
 applied by `phases.py`, each epoch run by `epoch.py`; this module keeps the order, the checkpoints
-(`last.pt` after every epoch, `best.pt` at the best val accuracy, val loss breaking ties) and the run
-directory's files.
+(`last.pt` after every epoch, `best.pt` at the best val accuracy, val loss breaking ties), the run
+directory's files, and best.pt's figures on the held-out test split, when the data has one (it never chooses).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from edgetl.model.lora import LoraConfig, inject_lora
 from edgetl.model.weights import load_pretrained
 from edgetl.preprocessing import Preprocessing
 from edgetl.recipe import Recipe
-from edgetl.rundir import PhaseSummary, RunDir, TrainSummary
+from edgetl.rundir import PerClass, PhaseSummary, RunDir, TrainSummary
 from edgetl.training import distributed
 from edgetl.training.curves import plot_curves
 from edgetl.training.epoch import (
@@ -171,7 +171,8 @@ def _write_run_files(run: RunDir, recipe: Recipe, prep: Prepared) -> None:
     files.write_json(run.preprocessing, prep.preprocessing.to_dict())
     files.write_json(run.split, prep.data.split)
     files.write_json(run.data, {"skipped": [list(s) for s in prep.data.skipped], "weights": prep.weights,
-                                "duplicates": [list(d) for d in prep.data.duplicates]})
+                                "duplicates": [list(d) for d in prep.data.duplicates],
+                                "test_duplicates": [list(d) for d in prep.data.test_duplicates]})
 
 
 def resume_run(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | None = None) -> TrainSummary:
@@ -254,6 +255,7 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
     partial = state.epoch_progress
     start_phase, start_epoch = state.next_phase, state.next_epoch
     trainable_counts: dict[str, dict[str, int]] = {}
+    best_weights: dict[str, torch.Tensor] | None = None  # best.pt's, when this process took it
 
     main = distributed.is_main()  # the only rank that writes
 
@@ -328,15 +330,19 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
                     "seconds": round(time.perf_counter() - t0, 3),
                     "images_per_s": round(len(train_data) / max(train_seconds, 1e-9), 1), "cached_features": cached,
                 }
+                if val.top5 is not None:
+                    record["val_top5"] = val.top5_accuracy
                 early.update(val_acc, val_loss, model)
                 if state.best.improved_by(val_acc=val_acc, val_loss=val_loss):
                     early.beat_best = True
                     state.best = Best(val_loss=val_loss, val_acc=val_acc, epoch=global_epoch,
-                                      predicted=val.predicted, confidence=val.confidence)
+                                      predicted=val.predicted, confidence=val.confidence, top5=val.top5)
+                    weights = state_copy(model) if main or data.test is not None else None
                     if main:
-                        save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": state_copy(model),
-                                                                 "val_acc": val_acc, "val_loss": val_loss,
-                                                                 "epoch": global_epoch})
+                        save_checkpoint(run.checkpoint("best"), {**meta_dict, "model": weights, "val_acc": val_acc,
+                                                                 "val_loss": val_loss, "epoch": global_epoch})
+                    if data.test is not None:  # every rank tests best.pt at the end: keep its weights at hand
+                        best_weights = weights
                 ended = phase_end(e + 1, planned=phase.epochs, early=early, patience=recipe.patience,
                                   probe=recipe.probe if p > 0 else 0)
                 phase_over = ended is not None
@@ -363,9 +369,12 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
 
     best = state.best
     targets = data.val.targets.tolist()
-    figures = per_class(targets, best.predicted, labels=data.classes) if best.predicted is not None else None
+    figures = per_class(targets, best.predicted, labels=data.classes, top5_hits=best.top5) \
+        if best.predicted is not None else None
     if best.predicted is None:
         log.info("no per-class results: the run was resumed from a checkpoint written before they were kept")
+    test = _test_best(model, data, run=run, weights=best_weights, preprocessing=preprocessing, device=device,
+                      batch_size=recipe.batch_size * 2) if data.test is not None else None
     summary = TrainSummary(
         run_dir=str(run.root), backbone=backbone.name, device=str(device), best_val_acc=best.val_acc,
         best_val_loss=best.val_loss, best_epoch=best.epoch, seconds=sum(m["seconds"] for m in metrics),
@@ -375,13 +384,33 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
         confidently_wrong=confidently_wrong(targets, best.predicted, best.confidence, labels=data.classes,
                                             paths=[os.path.abspath(p) if os.path.isfile(p) else p  # openable anywhere
                                                    for p in data.val.paths]) if figures else [],
+        best_val_top5=figures.top5_accuracy if figures else None,
+        test_acc=test.accuracy if test else None, test_top5=test.top5_accuracy if test else None,
+        test_per_class=test,
     )
     if main:
-        if figures is not None:
-            plot_confusion([(f"val split · best.pt (epoch {best.epoch})", figures)], run.confusion)
+        panels = [(f"{part} split · best.pt (epoch {best.epoch})", f)
+                  for part, f in (("val", figures), ("test", test)) if f is not None]
+        plot_confusion(panels, run.confusion)
         rundir.write(run.train_json, summary)  # last: it marks the stage finished
         plot_curves(metrics, run.curves)
     return summary
+
+
+def _test_best(model: nn.Module, data: DataBundle, *, run: RunDir, weights: dict[str, torch.Tensor] | None,
+               preprocessing: Preprocessing, device: torch.device, batch_size: int) -> PerClass | None:
+    """best.pt on the held-out test split, per class: its weights from this process when it took them, else
+    from best.pt (a resume after it was written). The model keeps them afterwards."""
+    if weights is None:
+        weights = load_checkpoint(run.checkpoint("best"))["model"]
+    model.load_state_dict(weights)
+    model.eval()
+    test = data.test
+    result = evaluate(model, Batcher(test.images, test.targets, preprocessing, device), batch_size=batch_size)
+    figures = per_class(test.targets.tolist(), result.predicted, labels=data.classes, top5_hits=result.top5)
+    if figures is not None:
+        log.info("best.pt on the test split: %.1f %% of %d images", 100 * figures.accuracy, figures.images)
+    return figures
 
 
 def phase_end(epoch: int, *, planned: int, early: EarlyStopping, patience: int, probe: int) -> str | None:

@@ -55,6 +55,7 @@ class Best:
     # figures, kept here so that a resumed run still has them; checkpoints before 0.2 have none
     predicted: list[int] | None = None
     confidence: list[float] | None = None
+    top5: list[bool] | None = None  # per row, the target among the 5 highest; None with 5 classes or fewer
 
     def improved_by(self, *, val_acc: float, val_loss: float) -> bool:
         return self.epoch == 0 or better(val_acc, val_loss, than_acc=self.val_acc, than_loss=self.val_loss)

@@ -38,6 +38,7 @@ def go_no_go(manifest: Manifest, report: VerifyReport, gate: Gate) -> list[dict[
                "speedup": speedup, "size_ratio": artifact.bytes / base.bytes if base else None,
                "accuracy_delta": None if accuracy is None or reference is None else accuracy - reference,
                "top1_agreement": parity.get("top1_agreement"), "images": parity.get("labelled"),
+               "split": (report.inputs or {}).get("part") if (report.inputs or {}).get("source") == "split" else None,
                "accuracy": accuracy, "accuracy_ci": parity.get("accuracy_ci"), "reference_accuracy": reference,
                "reference_accuracy_ci": parity.get("reference_accuracy_ci"),
                "export_guard": _guard(artifact.quantization)}
@@ -53,11 +54,12 @@ def _guard(quantization: dict[str, Any] | None) -> dict[str, Any] | None:
     kept = rounds[guard.get("kept_round", len(rounds) - 1)] if rounds else None
     if not kept or not kept.get("images"):
         return None
-    return {"passed": kept.get("passed"), "images": kept["images"], "accuracy_drop": kept.get("accuracy_drop")}
+    return {"passed": kept.get("passed"), "images": kept["images"], "split": kept.get("split", "val"),
+            "accuracy_drop": kept.get("accuracy_drop")}
 
 
 def _accuracy_words(row: dict[str, Any]) -> str:
-    """"accuracy -1.3 pt on 153 images (94.1 % [90.0–96.6] vs 95.4 % [91.7–97.8])": the drop and what it
+    """"accuracy -1.3 pt on 153 test images (94.1 % [90.0–96.6] vs 95.4 % [91.7–97.8])": the drop and what it
     stands on, so a 1-point difference on a few hundred images reads as what it is."""
     if row["accuracy_delta"] is None:
         return ""
@@ -66,14 +68,15 @@ def _accuracy_words(row: dict[str, Any]) -> str:
         def pct(value: float, ci: list[float]) -> str:
             return f"{100 * value:.1f} % [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
 
-        text += (f" on {row['images']} images ({pct(row['accuracy'], row['accuracy_ci'])} vs "
+        split = f"{row['split']} " if row.get("split") else ""
+        text += (f" on {row['images']} {split}images ({pct(row['accuracy'], row['accuracy_ci'])} vs "
                  f"{pct(row['reference_accuracy'], row['reference_accuracy_ci'])}, 95 % intervals)")
     guard = row.get("export_guard")
-    if guard and row.get("images") and guard["images"] != row["images"]:
+    if guard and row.get("images") and (guard["images"], guard.get("split")) != (row["images"], row.get("split")):
         # Same bars, other images: say so rather than contradict export's verdict silently
         verdict = "held" if guard["passed"] else "failed"
-        text += (f"; export's guard {verdict} on {guard['images']} val images "
-                 f"({100 * -(guard['accuracy_drop'] or 0.0):+.1f} pt)")
+        text += (f"; export's guard {verdict} on {guard['images']} {guard.get('split', 'val')} images "
+                 f"({100 * -(guard['accuracy_drop'] or 0.0) + 0.0:+.1f} pt)")  # + 0.0: a drop of 0 is +0.0, not -0.0
     return text
 
 

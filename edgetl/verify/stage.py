@@ -3,8 +3,8 @@
     edgetl verify artifacts/my-run --max-latency-ms 15 --baseline ci/verify.json
 
 Integrity first: every file the manifest lists must have its size and sha256. Then each artifact runs in its
-format's runtime (`edgetl.formats`) on real validation images preprocessed from the manifest alone, plus
-random tensors, against the checkpoint it was exported from (unfolded, eval, fp32): names, then shapes, then
+format's runtime (`edgetl.formats`) on the run's held-out images (its test split when it has one, else its val
+split: the images export's INT8 guard judged) preprocessed from the manifest alone, plus random tensors, against the checkpoint it was exported from (unfolded, eval, fp32): names, then shapes, then
 values, one ✓/✗ line each (`parity.py`, `gate.py`). Latency follows (`latency.py`). Every failure is
 collected and raised once (`ChecksFailed`, exit 1); the report goes to RUN/verify.json either way.
 """
@@ -25,8 +25,8 @@ from edgetl import rundir
 from edgetl.card import render_card, write_card
 from edgetl.compare.gate import BARS, Bars, Check, Gate
 from edgetl.compare.golden import check_golden
-from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched
-from edgetl.confusion import per_class, plot_confusion, same_figures
+from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched, top5_accuracy
+from edgetl.confusion import per_class, plot_confusion, same_figures, top_k_hits
 from edgetl.data.inputs import JUDGED_IMAGES, Inputs, gather_inputs
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
 from edgetl.files import sha256_file
@@ -63,8 +63,8 @@ _VERSIONED = tuple(dict.fromkeys(("edgetl", "torch", "onnx", "onnxruntime", "num
 class VerifySettings:
     """The flags of `edgetl verify`; None for a bar means the precision's default (BARS) or no bar."""
 
-    data: str | None = None  # images to check with; None: the run's validation split
-    samples: int | None = None  # real images to check on; None: the whole val split, up to JUDGED_IMAGES
+    data: str | None = None  # images to check with; None: the run's test split, else its val split
+    samples: int | None = None  # real images to check on; None: all of that split, up to JUDGED_IMAGES
     atol: float | None = None
     min_top1: float | None = None
     batch: int | None = None  # also timed, besides batch 1
@@ -235,7 +235,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         inputs = _on_uint8_grid(inputs, manifest.preprocessing)  # checkpoint must see the same pixels
     ref_logits = run_batched(reference, inputs.x, batch=PARITY_BATCH)
     report.inputs = inputs.info
-    report.reference = {"file": name, "accuracy": accuracy(ref_logits, inputs.targets)}
+    report.reference = {"file": name, "accuracy": accuracy(ref_logits, inputs.targets),
+                        "top5_accuracy": top5_accuracy(ref_logits, inputs.targets)}
     logits = {name: ref_logits}
     runnable = []
     for artifact in artifacts:
@@ -258,7 +259,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         _check_engines(run, manifest, artifact, settings, gate, report, inputs=inputs, reference=ref_logits,
                        progress=progress, keep_logits=logits)
     for name, out in logits.items():  # per class on the labelled verify images: the checkpoint, then each file
-        figures = per_class(inputs.targets, out.argmax(axis=1), labels=manifest.labels)
+        figures = per_class(inputs.targets, out.argmax(axis=1), labels=manifest.labels,
+                            top5_hits=top_k_hits(out, inputs.targets))
         if figures is not None:
             report.per_class[name] = figures
     # A manifest whose every file was renamed to a format verify cannot run must not pass on integrity alone.

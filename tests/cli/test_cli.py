@@ -11,7 +11,7 @@ from edgetl.formats import FORMATS
 from edgetl.recipe import known_recipes
 
 runner = CliRunner()
-PIPELINE_ORDER = ["run", "train", "export", "verify", "predict", "info", "recipes", "backbones"]
+PIPELINE_ORDER = ["run", "train", "export", "verify", "predict", "info", "bench", "recipes", "backbones"]
 
 
 def invoke(*args: str):

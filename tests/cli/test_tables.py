@@ -9,12 +9,12 @@ import pytest
 from rich.console import Console
 
 from edgetl import rundir
+from edgetl.cli.catalog import recipes_data, recipes_table
 from edgetl.cli.tables import (
     info_tables,
     latency_table,
     parity_table,
     predict_table,
-    recipes_table,
     run_table,
     train_table,
 )
@@ -177,7 +177,7 @@ def test_the_predict_table_lists_the_runner_ups():
 
 
 def test_the_recipes_table_lists_every_shipped_recipe():
-    text = render(recipes_table())
+    text = render(recipes_table(recipes_data()))
     for name in known_recipes():
         assert line_of(text, name)
     assert "efficientnet_lite0 + LoRA r8" in line_of(text, "quickstart_lora")

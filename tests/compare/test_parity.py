@@ -49,8 +49,23 @@ def test_parity_figures_on_known_logits():
     f = compare_logits(ref, out, targets=np.array([0, -1]))
     assert f["max_abs_diff"] == 2.5 and f["mean_abs_diff"] == pytest.approx(3 / 6)
     assert f["max_rel_diff"] == pytest.approx(2.5 / 2)  # relative to the row's largest |logit|
-    assert f["top1_agreement"] == 0.5 and f["top5_k"] == 3 and f["top5_overlap"] == 1.0
+    assert f["top1_agreement"] == 0.5
     assert f["accuracy"] == 1.0 and f["reference_accuracy"] == 1.0  # only row 0 is labelled
+    # with 5 classes or fewer every class is in the top 5: overlap and top-5 accuracy would be 100 % by definition
+    assert f["top5_overlap"] is None and f["top5_accuracy"] is None and f["reference_top5_accuracy"] is None
+
+
+def test_top5_figures_count_where_there_are_more_than_5_classes():
+    # 7 classes; row 0's target (6) is last in the reference and 4th in the file; row 1's (0) 1st, then 2nd
+    ref = np.array([[7, 6, 5, 4, 3, 2, 1], [9, 1, 2, 3, 4, 5, 0]], dtype=np.float32)
+    out = ref.copy()
+    out[0, 6] = 4.5  # above classes 3, 4, 5: in the file's top 5, pushing class 4 out
+    out[1, 5] = 10.0  # row 1's top-1 flips from class 0 to class 5
+    f = compare_logits(ref, out, targets=np.array([6, 0]))
+    assert f["top5_k"] == 5
+    assert f["reference_top5_accuracy"] == 0.5 and f["top5_accuracy"] == 1.0
+    assert f["reference_accuracy"] == 0.5 and f["accuracy"] == 0.0
+    assert f["top5_overlap"] == pytest.approx((4 / 5 + 5 / 5) / 2)  # row 0 swapped one class, row 1 none
 
 
 def test_accuracy_is_none_without_a_labelled_row():

@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -79,6 +80,47 @@ def test_every_class_gets_a_val_image_and_subset_is_stratified(tmp_path):
     small = load_data(str(root), preprocessing=PP, subset=7)
     assert small.train.targets.bincount().tolist() == [3, 2, 2]
     assert len(small.val) == 3 and small.split["subset"] == 7
+
+
+def test_a_test_folder_is_held_out_beside_train_and_val(tmp_path):
+    root = make_image_folder(tmp_path / "ds", classes=3, per_class=4, val_per_class=1, test_per_class=2, size=32,
+                             seed=0)
+    bundle = load_data(str(root), preprocessing=PP)
+    assert bundle.split["layout"] == "train/val" and len(bundle.train) == 12 and len(bundle.val) == 3
+    assert bundle.test.images.shape == (6, 3, 32, 32) and bundle.test.targets.bincount().tolist() == [2, 2, 2]
+    assert _entries(bundle, "test")[0] == "test/circle/circle_000.png"
+    assert not set(bundle.test.paths) & set(bundle.val.paths + bundle.train.paths)
+    assert bundle.test_duplicates == []
+    # without a test/ folder there is no test split, and split.json says so
+    plain = load_data(str(make_image_folder(tmp_path / "plain", classes=2, per_class=2, size=32, seed=0)),
+                      preprocessing=PP)
+    assert plain.test is None and plain.split["test"] == []
+
+
+def test_train_and_test_folders_split_val_off_train_and_replay_on_resume(tmp_path):
+    root = make_image_folder(tmp_path / "ds", classes=3, per_class=5, val_per_class=1, test_per_class=2, size=32,
+                             seed=0)
+    (root / "val").rename(tmp_path / "no-val")
+    bundle = load_data(str(root), preprocessing=PP, seed=1, val_fraction=0.2)
+    assert bundle.split["layout"] == "train split/test" and bundle.split["val_fraction"] == 0.2
+    assert bundle.val.targets.bincount().tolist() == [1, 1, 1] and bundle.train.targets.bincount().tolist() == [4, 4, 4]
+    assert all(e.startswith("train/") for e in _entries(bundle, "train") + _entries(bundle, "val"))
+    assert len(bundle.test) == 6 and not set(_entries(bundle, "val")) & set(_entries(bundle, "train"))
+    Image.new("RGB", (32, 32)).save(root / "test" / "circle" / "new.png")  # a resume replays the saved lists
+    replay = load_data(str(root), preprocessing=PP, split=json.loads(json.dumps(bundle.split)))
+    assert replay.test.paths == bundle.test.paths and torch.equal(replay.test.images, bundle.test.images)
+    small = load_data(str(root), preprocessing=PP, subset=6)  # the test split shrinks with val
+    assert len(small.test) == len(small.val) == 3
+
+
+def test_test_images_copied_from_train_or_val_are_warned_about(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "ds", classes=2, per_class=2, val_per_class=1, test_per_class=1, size=32,
+                             seed=0)
+    shutil.copy(root / "val" / "cross" / "cross_000.png", root / "test" / "cross" / "copy.png")
+    with caplog.at_level(logging.WARNING):
+        bundle = load_data(str(root), preprocessing=PP)
+    assert bundle.test_duplicates == [("test/cross/copy.png", "val/cross/cross_000.png")]
+    assert "1 test image(s) are byte-identical copies of train or val images" in caplog.text
 
 
 def test_unicode_class_names(tmp_path):
@@ -286,6 +328,15 @@ def test_val_classes_missing_from_train_are_named(tmp_path):
     assert "rings are not in" in _one_line(e)
 
 
+def test_test_classes_missing_from_train_are_named(tmp_path):
+    root = make_image_folder(tmp_path / "ds", classes=2, per_class=2, val_per_class=1, test_per_class=1, size=32,
+                             seed=0)
+    (root / "test" / "owl").mkdir()
+    Image.new("RGB", (32, 32)).save(root / "test" / "owl" / "1.png")
+    with pytest.raises(DataError, match="class folder.s. owl are not in .*every test class needs train images"):
+        load_data(str(root), preprocessing=PP)
+
+
 def test_a_class_without_val_images_is_warned_about(tmp_path, caplog):
     root = make_image_folder(tmp_path / "ds", classes=3, per_class=2, val_per_class=1, size=32, seed=0)
     (root / "val" / "ring" / "ring_000.png").unlink()
@@ -383,7 +434,8 @@ def test_named_dataset_arrays_subset_and_decode():
     classes, train, val, split = list_torchvision(source.name, source.sets, subset=6, split=None)
     assert classes == ["cat", "dog"] and train == [[f"train/{i}", "cat" if i % 2 == 0 else "dog"] for i in range(6)]
     assert len(val) == 2 and split["source"] == "cifar10"
-    train_set, val_set, failed = decode_sets(source, train, val, classes=classes, preprocessing=PP, progress=None)
+    sets, failed = decode_sets(source, {"train": train, "val": val}, classes=classes, preprocessing=PP, progress=None)
+    train_set, val_set = sets["train"], sets["val"]
     assert failed == [] and train_set.images.shape == (6, 3, 40, 40) and val_set.images.shape == (2, 3, 32, 32)
     assert train_set.paths[0] == "cifar10/train/0" and val_set.targets.tolist() == [0, 1]
     expected = np.asarray(Image.fromarray(fake["test"].data[1]).resize((40, 40), Image.BILINEAR))[4:36, 4:36]

@@ -45,8 +45,8 @@ def test_a_data_folder_of_class_folders_gives_labelled_images_then_random_ones(i
     inputs = gather(images, samples=32)
     assert inputs.x.shape == (9 + RANDOM_INPUTS, 3, 32, 32) and inputs.x.dtype == np.float32
     assert list(inputs.targets) == [0, 1, 2] * 3 + [-1] * RANDOM_INPUTS
-    assert inputs.info == {"source": "data", "root": str(images), "images": 9, "labelled": 9, "random": RANDOM_INPUTS,
-                           "skipped": 0}
+    assert inputs.info == {"source": "data", "root": str(images), "listed": 9, "images": 9, "labelled": 9,
+                           "random": RANDOM_INPUTS, "skipped": 0}
     assert inputs.warnings == []
     # the first image is class_0/0.png as the device preprocesses it, from the manifest alone
     np.testing.assert_array_equal(inputs.x[0], preprocess_image(images / "class_0" / "0.png", PREP))
@@ -81,6 +81,31 @@ def test_a_val_folder_inside_data_is_used_and_a_damaged_image_is_skipped(images,
     (root / "val" / "class_1" / "broken.png").write_bytes(b"not a png")
     inputs = gather(root, samples=32)
     assert inputs.info["images"] == 9 and inputs.info["skipped"] == 1 and inputs.info["root"] == str(root)
+
+
+def test_a_test_folder_inside_data_comes_before_its_val_folder(images, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(images, root / "val")
+    shutil.copytree(images / "class_2", root / "test" / "class_2")
+    inputs = gather(root, samples=32)
+    assert inputs.info["part"] == "test" and inputs.info["images"] == 3 and set(inputs.targets[:3]) == {2}
+
+
+def test_the_runs_test_split_is_judged_on_when_it_has_one_else_its_val_split(images, tmp_path):
+    """The one default that verify and export's INT8 guard both take (gather_inputs with data=None): so the
+    guard and verify's go/no-go judge a file on the same images."""
+    run = tmp_path  # gather_inputs reads the run's split.json alone
+    val = [[f"class_{c}/{i}.png", f"class_{c}"] for c in range(3) for i in range(2)]
+    test = [[f"class_{c}/2.png", f"class_{c}"] for c in range(3)]
+    write_json(run / "split.json", {"source": str(images), "train": [], "val": val, "test": test})
+    inputs = gather(None, samples=100, run_dir=run, random=0)
+    assert inputs.info["part"] == "test" and inputs.info["listed"] == inputs.info["images"] == 3
+    np.testing.assert_array_equal(inputs.x[0], preprocess_image(images / "class_0" / "2.png", PREP))
+    assert gather(None, samples=2, run_dir=run).info == {**inputs.info, "images": 2, "labelled": 2,
+                                                         "random": RANDOM_INPUTS}  # --samples 2 of the 3
+    write_json(run / "split.json", {"source": str(images), "train": [], "val": val})  # no test split
+    inputs = gather(None, samples=100, run_dir=run, random=0)
+    assert inputs.info["part"] == "val" and inputs.info["images"] == 6
 
 
 def test_no_images_or_no_folder_is_a_data_error(tmp_path):

@@ -71,6 +71,11 @@ def test_verify_judges_each_precision_by_its_bars_and_says_go_or_no_go(quantized
     assert set(rows) == {"model.int8.onnx", "model.fp16.onnx"}
     assert rows["model.int8.onnx"]["versus"] == "model.onnx" and rows["model.int8.onnx"]["size_ratio"] < 0.35
     assert rows["model.int8.onnx"]["decision"] in ("ship", "don't ship") and rows["model.int8.onnx"]["reason"]
+    # export's guard judged on the images verify judged on: the run's whole val split (it has no test split)
+    guard = json.loads((quantized_copy / "export" / "manifest.json").read_text())["artifacts"][1]["quantization"]["guard"]
+    assert {(r["split"], r["images"]) for r in guard["rounds"]} == {("val", report["inputs"]["labelled"])}
+    assert report["inputs"]["part"] == "val" and rows["model.int8.onnx"]["split"] == "val"
+    assert "export's guard" not in rows["model.int8.onnx"]["reason"]
     assert report["gate"]["file"] == "model.onnx"  # the latency gate times the fp32 file
     assert "go/no-go" in result.output
 
@@ -204,6 +209,13 @@ def test_the_go_no_go_says_how_many_images_the_accuracy_stands_on_and_where_expo
     row["export_guard"] = {"passed": False, "images": 200, "accuracy_drop": 0.02}
     _, reason = _decide(row, [])
     assert reason.endswith("; export's guard failed on 200 val images (-2.0 pt)")
+    # verify on the run's test split and the guard too: the reason names it; on another split, says so
+    row.update(split="test", export_guard={"passed": True, "images": 153, "split": "test", "accuracy_drop": 0.0})
+    _, reason = _decide(row, [])
+    assert "accuracy -1.3 pt on 153 test images (" in reason and "export's guard" not in reason
+    row["split"] = None  # verify judged --data images, as many as the guard's test images
+    _, reason = _decide(row, [])
+    assert reason.endswith("; export's guard held on 153 test images (+0.0 pt)")
 
 
 def test_the_recipe_export_table_sets_what_run_exports(straight, tmp_path):

@@ -23,8 +23,8 @@ REPORT_KEYS = ["schema_version", "edgetl_version", "created", "run_dir", "passed
                "reference", "parity", "per_class", "latency", "gate", "regression", "go_no_go", "engines", "golden", "settings", "machine", "versions",
                "manifest_sha256"]
 PARITY_KEYS = ["inputs", "max_abs_diff", "mean_abs_diff", "max_rel_diff", "softmax_max_diff", "top1_agreement",
-               "top5_overlap", "top5_k", "accuracy", "reference_accuracy", "labelled", "accuracy_ci",
-               "reference_accuracy_ci", "atol_bar"]
+               "top5_overlap", "top5_k", "accuracy", "reference_accuracy", "top5_accuracy", "reference_top5_accuracy",
+               "labelled", "accuracy_ci", "reference_accuracy_ci", "atol_bar"]
 LATENCY_KEYS = ["runtime", "file", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
                 "iterations", "warmup", "cold_start_ms", "first_call_ms", "rss_delta_mb", "file_bytes",
                 "speedup_vs_eager"]
