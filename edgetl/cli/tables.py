@@ -304,7 +304,14 @@ def info_tables(info: Any) -> list[Table]:
         head.add_row("verify", f"{state} · {verify.created or ''}" + (f" · ONNX p50 {gate['p50_ms']:.2f} ms" if gate else ""))
     else:
         head.add_row("verify", "not verified")
-    head.add_row("next", f"edgetl run --resume {shown(shlex.quote(str(info.run_dir)))}  (continues at {info.next_stage})" if info.next_stage else "all stages done")
+    if info.next_stage:
+        step = f"edgetl run --resume {shown(shlex.quote(str(info.run_dir)))}  (continues at {info.next_stage})"
+    elif info.verify is not None and not info.verify.passed:  # every stage ran, but the gate said no
+        step = (f"verify failed ({len(info.verify.failures)} check(s)): fix what it names, re-export, then "
+                f"edgetl verify {shown(shlex.quote(str(info.run_dir)))}")
+    else:
+        step = "all stages done, verify passed"
+    head.add_row("next", step)
     return [head]
 
 

@@ -181,3 +181,11 @@ def test_export_keeps_the_files_it_was_not_asked_for_and_replace_drops_them(fini
     assert replaced.exit_code == 0, replaced.output
     assert [a["file"] for a in json.loads(replaced.stdout)["artifacts"]] == ["model.onnx"]
     assert not (run / "export" / torchscript["file"]).exists()
+
+
+def test_info_says_what_to_do_after_a_failed_verify(finished_run, tmp_path):
+    run = shutil.copytree(finished_run[0], tmp_path / "run")
+    assert invoke("verify", run, "--max-latency-ms", "0.0001", *FAST).exit_code == 1
+    shown = invoke("info", run)
+    assert shown.exit_code == 0, shown.output
+    assert "verify failed (1 check(s))" in shown.stdout and "all stages done" not in shown.stdout
