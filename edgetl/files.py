@@ -4,7 +4,9 @@
     with locked(run_dir): ...   # a second writer gets one line naming our pid
 
 A crash, a full disk or a kill midway leaves the previous file intact. Files get the mode a plain `open()`
-would give them (the umask applies), or keep the mode of the file they replace.
+would give them (the umask applies), or keep the mode of the file they replace. Only a regular file is ever
+replaced: `-` is stdout, and a stream (a device such as /dev/null, a FIFO, /dev/stdout) is written into as `>`
+would, never swapped for a file; a folder is refused in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +30,15 @@ from edgetl.errors import EdgetlError
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success fsync and rename it over the target."""
+    """Yield a temp path in the target's folder; on success fsync and rename it over the target. A stream target
+    (`is_stream`) gets what was written to the temp path (made elsewhere) copied into it instead."""
+    if is_stream(target):
+        with _into_stream(target) as tmp:
+            yield tmp
+        return
     target = Path(target)
+    if target.is_dir():
+        raise EdgetlError(f"cannot write {target}: it is a folder — pass a file path")
     if target.is_symlink():  # write through the link, as `>` does: the link stays, its file is replaced
         target = Path(os.path.realpath(target))
     try:
@@ -48,6 +61,75 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# The process's own open files by name: written through the open descriptor, so the shell's `> file` or pipe
+# gets the bytes where its other output goes (reopening /dev/stdout on a redirected file would start at byte 0).
+_OWN_FD = re.compile(r"/(?:dev/fd|proc/self/fd|proc/thread-self/fd)/(\d+)")
+_STD = {"-": 1, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def is_stream(target: str | os.PathLike) -> bool:
+    """Whether a write to `target` goes into it rather than replacing it: `-` (stdout), one of the process's own
+    descriptors by name (/dev/stdout, /dev/fd/N), or an existing file that is not a regular file or a folder (a
+    device such as /dev/null, a FIFO, a socket; links followed). Replacing /dev/null with a file breaks the
+    machine; a reader waiting on a FIFO would never see the file that took its place."""
+    name = os.fspath(target)
+    if _own_fd(name) is not None:
+        return True
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return False  # absent (or unreachable: the normal path says why)
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _own_fd(name: str) -> int | None:
+    if name in _STD:
+        return _STD[name]
+    match = _OWN_FD.fullmatch(os.path.abspath(name)) if name.startswith("/") else None
+    return int(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def _into_stream(target: str | os.PathLike) -> Iterator[Path]:
+    """A temp file in the system's temp folder (never beside the target: that is /dev for /dev/null), its bytes
+    then written into the stream in one go; the temp file is removed either way."""
+    fd, tmp_name = tempfile.mkstemp(prefix=".edgetl-", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _write_stream(os.fspath(target), tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_stream(name: str, data: bytes) -> None:
+    own = _own_fd(name)
+    python_stream = {1: sys.stdout, 2: sys.stderr}.get(own)  # through Python's, so its buffered text stays in order
+    try:
+        if python_stream is not None:
+            python_stream.flush()
+            buffer = getattr(python_stream, "buffer", None)
+            if buffer is not None:
+                buffer.write(data)
+                buffer.flush()
+            else:
+                python_stream.write(data.decode("utf-8", "replace"))
+                python_stream.flush()
+            return
+        # O_APPEND: a redirected file (/dev/fd/N of a `>> log`) keeps what is in it; a device or FIFO ignores it.
+        fd = own if own is not None else os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOCTTY)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            if own is None:
+                os.close(fd)
+    except OSError as e:
+        raise EdgetlError(f"cannot write {name}: {e.strerror or e}") from None
 
 
 def _mode_for(target: Path) -> int:
@@ -77,6 +159,22 @@ def make_temp_dir(beside: Path, *, prefix: str) -> Path:
     return tmp
 
 
+def remove_stale_temp_dirs(beside: Path, *, prefix: str) -> list[Path]:
+    """Remove the folders `make_temp_dir(beside, prefix=prefix)` made for a process that was killed before it
+    could remove them (kill -9, a power cut); return them. Call it only while holding the folder's lock
+    (`locked`): then no live process is writing into one. Names are matched exactly (the prefix and mkdtemp's
+    eight characters), so no folder of the user's is ever taken for one."""
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+    try:
+        entries = list(os.scandir(beside.parent))
+    except OSError:
+        return []  # the caller's own mkdir or write says why
+    stale = [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def folder_problem(folder: Path, e: OSError) -> str:
     """Why `folder` cannot be created or written into, in words: an ancestor that is a file, or the OS's reason."""
     for parent in (folder, *folder.parents):
@@ -93,11 +191,38 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:
-    write_bytes(target, text.encode("utf-8"))
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a name read from a disk that is not valid UTF-8 (a lone surrogate)
+        bad = shown_name(e.object[max(0, e.start - 20):e.end + 20])
+        raise EdgetlError(f"cannot write {target}: it would hold a name that is not valid UTF-8 (…{bad}…) — rename "
+                          f"that file or folder") from None
+    write_bytes(target, data)
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a name read from the disk is valid UTF-8 text (Python keeps the bytes of one that is not as lone
+    surrogates, which no UTF-8 writer, terminal or device label accepts)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(name: str) -> str:
+    """A name as text any writer accepts: the bytes that are not UTF-8 as `\\xff` escapes (what `ls -b` shows)."""
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (from JSON, not from the disk)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Indented UTF-8 JSON. A name that is not valid UTF-8 (a lone surrogate: how Python reads such a file name)
+    is kept as its JSON escape (`\\udcff`), which reads back to the same name: valid JSON, nothing lost."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    write_bytes(target, text.encode("utf-8", "backslashreplace"))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

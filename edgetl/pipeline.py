@@ -184,12 +184,14 @@ def train_stage(request: TrainRequest, *, out: Path | None = None, resume: Path 
     if resume is not None:
         refuse_changes_on_resume(request, out=out)
         require_run(resume)
+    if resume is not None and RunDir(resume).checkpoint("last").is_file():
         with lock(resume), hooks.training() as callbacks:
             summary = training.resume_run(resume, device=request.device, callbacks=callbacks)
-    else:
-        resolved = load_recipe(request.recipe or DEFAULT_RECIPE, **request.recipe_options())
-        run_dir = out or default_run_dir(request.recipe or DEFAULT_RECIPE)
-        if distributed.launched() and out is None:
+    else:  # a new run; or one stopped before its first epoch ended: nothing to lose, started over from its own recipe
+        recipe = str(RunDir(resume).recipe) if resume is not None else request.recipe or DEFAULT_RECIPE
+        resolved = load_recipe(recipe, **request.recipe_options())
+        run_dir = resume or out or default_run_dir(recipe)
+        if distributed.launched() and out is None and resume is None:
             raise EdgetlError("under torchrun every process needs the same run folder: pass --out")
         with lock(run_dir), hooks.training() as callbacks:
             summary = training.train_run(resolved, run_dir=run_dir, device=request.device, callbacks=callbacks)
@@ -240,7 +242,7 @@ def _out_locked(run_dir: Path, out: Path | None) -> contextlib.AbstractContextMa
 
 def check_json_target(json_path: Path | None, run_dir: Path) -> None:
     """`--json` may replace a verify report, never a run's other files or a file of the user's."""
-    if json_path is None:
+    if json_path is None or files.is_stream(json_path):  # stdout, a device, a FIFO: written into, never replaced
         return
     path = Path(json_path)
     run = RunDir(run_dir)
@@ -278,7 +280,9 @@ def verify_stage(run_dir: Path, settings: VerifySettings | None = None, *, json_
     settings.validate()  # flags first, then the run
     require_run(run_dir, recipe=False)
     check_json_target(json_path, run_dir)
-    with files.locked(run_dir), hooks.verifying() as progress:
+    # A report written elsewhere never touches the run, so a read-only run can be verified without its lock.
+    into_run = json_path is None or Path(json_path).resolve() == RunDir(run_dir).verify_json.resolve()
+    with files.locked(run_dir) if into_run else contextlib.nullcontext(), hooks.verifying() as progress:
         result = verify_run(run_dir, settings, json_path=json_path, progress=progress)
     hooks.verified(result)
     return result
@@ -421,8 +425,29 @@ def describe(run_dir: Path) -> RunInfo:
     recipe = rundir.read_recipe(run)
     problems: list[str] = []
     metrics = _readable(run.metrics, rundir.read_metrics, problems) or []
+    manifest = _readable(run.manifest, rundir.read_manifest, problems)
+    verify = _readable(run.verify_json, rundir.read_verify_report, problems)
+    if verify is not None and manifest is not None:
+        if verify.manifest_sha256 is not None and verify.manifest_sha256 != files.sha256_file(run.manifest):
+            verify = None  # a report of an earlier export (re-exported since): verify is the next stage
+        elif (problem := _report_problem(run, manifest, verify)) is not None:
+            problems.append(f"damaged: {run.verify_json} ({problem}); re-run `edgetl verify {run.root}`")
+            verify = None  # never shown as passed
     return RunInfo(run_dir=run.root, recipe=recipe, labels=_readable(run.labels, rundir.read_labels, problems),
                    epochs_done=len(metrics), train=_readable(run.train_json, rundir.read_train_summary, problems),
-                   manifest=_readable(run.manifest, rundir.read_manifest, problems),
-                   verify=_readable(run.verify_json, rundir.read_verify_report, problems),
-                   next_stage=first_unfinished(run_dir), damaged=problems)
+                   manifest=manifest, verify=verify, next_stage=first_unfinished(run_dir), damaged=problems)
+
+
+def _report_problem(run: RunDir, manifest: Manifest, report: VerifyReport) -> str | None:
+    """Why the report of this export cannot be taken at its word (None: it can): a verdict its own checks
+    contradict (an edited report), or a file it vouched for changed since. Re-hashes the listed files."""
+    checks_passed = all(c.get("passed", False) for c in report.checks) if report.checks else report.passed
+    if report.passed != (not report.failures) or report.passed != checks_passed:
+        return "its verdict contradicts its own checks: it was edited"
+    for entry in manifest.listed:
+        path = run.export_dir / entry.file
+        if not path.is_file():
+            return f"export/{entry.file}, which it vouched for, is missing"
+        if files.sha256_file(path) != entry.sha256:
+            return f"export/{entry.file} changed after it was verified"
+    return None

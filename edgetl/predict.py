@@ -158,14 +158,13 @@ def expand_images(images: Sequence[str | os.PathLike]) -> list[str]:
     subfolders), so a quoted glob works in any shell."""
     import glob
 
-    from PIL import Image
+    from edgetl.data.folders import walk_images
 
-    known = set(Image.registered_extensions())
     found: list[str] = []
     for image in images:
         text = os.fspath(image)
-        if os.path.isdir(text):
-            inside = sorted(str(p) for p in Path(text).rglob("*") if p.is_file() and p.suffix.lower() in known)
+        if os.path.isdir(text):  # the one rule of what is an image (training's walker), skipped files left out
+            inside = [str(p) for p in walk_images(Path(text), [], root=Path(text))]
             found += inside or [text]  # no images in it: the folder itself, reported as not an image file
         elif GLOB_CHARACTERS & set(text) and not os.path.lexists(text):
             matches = sorted(m for m in glob.glob(text, recursive=True) if os.path.isfile(m))
@@ -184,6 +183,10 @@ def predict_images(path: Path, images: Sequence[str | os.PathLike], *, top_k: in
     patterns expanded in place: `expand_images`)."""
     if not images:
         raise DataError("no image given — pass one or more image files, folders or quoted glob patterns")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise EdgetlError(f"top_k must be a whole number >= 1 (got {top_k!r})")
+    if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
+        images = [images]
     images = expand_images(images)
     export_dir = find_export(Path(path))
     manifest = rundir.read_manifest(export_dir / "manifest.json")

@@ -377,6 +377,9 @@ def _peak_lr(data: dict[str, Any], lr: float) -> None:
             phase["group_lr"] = {k: v * factor for k, v in phase["group_lr"].items()}
 
 
+MAX_EPOCHS_SCALE = 100  # a recipe's epochs times 100 is already far past any fine-tune; beyond is a typo
+
+
 def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, epochs_scale: float | None = None,
                 settings: Settings | None = None, epochs: int | None = None, lr: float | None = None) -> Recipe:
     """Load, apply CLI overrides (None values are ignored) and validate a recipe. Then `settings` (dotted recipe
@@ -393,8 +396,9 @@ def load_recipe(name_or_path: str, *, overrides: dict[str, Any] | None = None, e
         data["lora"] = {**(data.get("lora") or {}), **lora}
     data.update(overrides)
     if epochs_scale is not None:
-        if not (math.isfinite(epochs_scale) and epochs_scale > 0):
-            raise RecipeError(f"--epochs-scale must be > 0 (got {epochs_scale})")
+        if not (math.isfinite(epochs_scale) and 0 < epochs_scale <= MAX_EPOCHS_SCALE):
+            raise RecipeError(f"--epochs-scale must be > 0 and at most {MAX_EPOCHS_SCALE} (got {epochs_scale:g}) — "
+                              f"e.g. 0.5 for half the epochs; --epochs N sets the total")
         for phase in data.get("phases", []):
             if isinstance(phase, dict) and isinstance(phase.get("epochs"), int):
                 phase["epochs"] = max(1, round(phase["epochs"] * epochs_scale))

@@ -222,10 +222,14 @@ class TensorSpec(_Schema):
 
 class ExportedFrom(_Schema):
     backbone: str
-    checkpoint: str
+    checkpoint: str  # best | last: RUN/checkpoints/<checkpoint>.pt
     epoch: int | None = None
     val_acc: float | None = None
     recipe_sha256: str | None = None
+    # the checkpoint file's sha256: verify trusts the run's checkpoint, this one only (exports before 0.3 have none)
+    checkpoint_sha256: str | None = None
+
+    OMIT_IF_NONE = ("checkpoint_sha256",)
 
 
 class ModelFacts(_Schema):
@@ -354,6 +358,8 @@ class VerifyReport(_Versioned):
     # per ONNX engine asked for (--runtime): its version, and what of the file it would refuse or compute wrong
     engines: dict[str, dict[str, Any]] = {}
     golden: dict[str, dict[str, Any]] = {}  # file -> its output on the golden inputs vs the expected one
+    # a row that failed a parity bar -> where it first departs: the stage, then the node (edgetl.verify.localize)
+    localization: dict[str, dict[str, Any]] = {}
     settings: dict[str, Any] = {}
     machine: dict[str, Any] = {}
     versions: dict[str, str | None] = {}

@@ -53,7 +53,9 @@ def data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("named") / "data", classes=2, per_class=6, size=36, seed=0)
 
 
-@pytest.mark.parametrize("backbone", list(CASES))
+# torchvision:resnet50 (13 s) runs in `make test-all`; the other torchvision-by-name paths are the same code
+@pytest.mark.parametrize("backbone", [pytest.param(b, marks=pytest.mark.slow) if b == "torchvision:resnet50" else b
+                                      for b in CASES])
 def test_a_named_backbone_runs_train_export_verify(backbone, data, tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE.format(backbone=backbone, extra=CASES[backbone]))

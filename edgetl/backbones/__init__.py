@@ -17,16 +17,16 @@ from edgetl.backbones.catalog import SHIPPED
 from edgetl.errors import BackboneError
 
 if TYPE_CHECKING:
-    from edgetl.backbones.base import Backbone, LayerGroup, MLPHead, create_model, run_groups
+    from edgetl.backbones.base import Backbone, LayerGroup, MLPHead, create_meta_model, create_model, run_groups
     from edgetl.backbones.shipped import BACKBONES
 
 PREFIXES = ("torchvision:", "timm:")
 
 __all__ = ["BACKBONES", "PREFIXES", "SHIPPED", "Backbone", "LayerGroup", "MLPHead", "check_backbone_name",
-           "create_model", "get_backbone", "run_groups"]
+           "create_meta_model", "create_model", "get_backbone", "run_groups"]
 
-_LAZY = {"Backbone": "base", "LayerGroup": "base", "MLPHead": "base", "create_model": "base", "run_groups": "base",
-         "BACKBONES": "shipped"}
+_LAZY = {"Backbone": "base", "LayerGroup": "base", "MLPHead": "base", "create_meta_model": "base",
+         "create_model": "base", "run_groups": "base", "BACKBONES": "shipped"}
 
 
 def __getattr__(name: str) -> Any:

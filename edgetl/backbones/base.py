@@ -99,6 +99,18 @@ def create_model(backbone: Backbone, *, num_classes: int, image_size: int | None
     return model
 
 
+def create_meta_model(backbone: Backbone, *, num_classes: int, image_size: int | None = None,
+                      head: MLPHead | None = None) -> nn.Module | None:
+    """`create_model` on the meta device: every shape and parameter, no memory and no initialisation (0.3 s for
+    a 1.1 B-parameter ViT), so a model's size is known before it is built. None where a builder computes with
+    tensor values while building (torchvision's RegNets), which the meta device cannot do."""
+    try:
+        with torch.device("meta"):
+            return create_model(backbone, num_classes=num_classes, image_size=image_size, head=head)
+    except Exception:  # noqa: BLE001 — whatever the meta device cannot run, the real build reports or passes
+        return None
+
+
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -97,6 +98,21 @@ def _adapt_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, 
     return state
 
 
+# Naming a backbone (a recipe is checked as it loads) must stay cheap and never build a model that may not fit in
+# memory (training's size guard comes later): a model above this many parameters gets no probe build, and is
+# treated as not sequential — its head phase still caches features, deeper phases run the whole model.
+PROBE_PARAMS = 200_000_000
+
+
+def _small(build: Callable[..., nn.Module]) -> bool:
+    with torch.device("meta"):
+        try:
+            model = build(2)
+        except Exception:  # noqa: BLE001 — the meta device cannot build it: the probe's own build decides
+            return True
+    return sum(p.numel() for p in model.parameters()) <= PROBE_PARAMS
+
+
 @functools.cache
 def timm_backbone(name: str) -> Backbone:
     import timm
@@ -113,7 +129,7 @@ def timm_backbone(name: str) -> Backbone:
     def build(num_classes: int, image_size: int | None = None) -> nn.Module:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **_size_kwargs(cfg, image_size))
 
-    sequential = not cfg.get("fixed_input_size") and _runs_in_order(build(2).eval(), classifier_key)
+    sequential = not cfg.get("fixed_input_size") and _small(build) and _runs_in_order(build(2).eval(), classifier_key)
 
     return Backbone(
         name=f"timm:{name}",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 from dataclasses import asdict
 from typing import Annotated, Optional
 
@@ -117,8 +118,12 @@ def command(fn):
         except EdgetlError as e:
             _error(str(e))
             raise typer.Exit(e.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): the `finally` blocks ran, temp files are gone
+            _error("interrupted; the files written before are intact — run the command again (a training run "
+                   "continues with --resume)")
+            raise typer.Exit(130) from None
         except Exception as e:  # noqa: BLE001 — the boundary: no traceback for the user, unless asked
             if logging.getLogger().isEnabledFor(logging.INFO):
                 err_console.print_exception()
@@ -381,4 +386,8 @@ for _command in (run, train, export, verify, predict, info, command(_bench), rec
 
 
 def main() -> None:
+    # SIGTERM (kill, a CI timeout, torchrun stopping its workers) as Ctrl-C: KeyboardInterrupt unwinds the stage, so
+    # its `finally` blocks remove temp folders and locks, and the exit code is 130, not the signal's 143. Training
+    # takes both signals over while it runs, to stop after the current step with last.pt written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     app()

@@ -27,11 +27,13 @@ class Bars:
 # verify, it never passes. fp32: rounding only. fp16: 11-bit mantissas through ~50 layers stay within a few
 # tenths of a percent of the logit scale on real images; 2 % leaves room for the noise inputs. int8: what
 # users accept from post-training quantization (onnxruntime / TensorRT guides): the same class on 98 % of
-# images and at most 1 point of accuracy lost.
+# images and at most 1 point of accuracy lost; and its values within half the logit scale of the checkpoint's on
+# every real image (shipped Lite0 INT8 files stay under 0.15), so a file whose logits are scaled, shifted or
+# swapped fails even where the winning class survives.
 BARS: dict[str, Bars] = {
     "fp32": Bars(min_top1=1.0, atol=1e-4),
     "fp16": Bars(min_top1=0.98, rtol=0.02),
-    "int8": Bars(min_top1=0.98, max_accuracy_drop=0.01),
+    "int8": Bars(min_top1=0.98, rtol=0.5, max_accuracy_drop=0.01),
 }
 OPS: dict[str, Callable[[Any, Any], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 SYMBOLS = {"<=": "≤", ">=": "≥", "==": "="}

@@ -136,6 +136,8 @@ def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, i
         return None
     if keep_logits is not None:
         keep_logits[name] = logits
+    if static is None and not _same_at_batch_1(runner, inputs.x, logits, name, gate):
+        return None
     figures = compare_logits(reference, logits, targets=inputs.targets)
     real = int(inputs.info.get("images", 0))
     if bars is not None and bars.atol is None and real:
@@ -162,6 +164,25 @@ def check_parity(runner: Runner, manifest: Manifest, name: str, gate: Gate, *, i
                        detail=f"{100 * figures['accuracy']:.1f} % vs {100 * figures['reference_accuracy']:.1f} % "
                               f"for the checkpoint on {int((inputs.targets >= 0).sum())} labelled images")
     return figures
+
+
+BATCH_1_IMAGES = 4  # run one at a time: the batch a device runs
+BATCH_1_RTOL = 1e-3  # of the logit scale: the same kernels at another batch size differ by rounding only
+
+
+def _same_at_batch_1(runner: Runner, x: np.ndarray, batched: np.ndarray, name: str, gate: Gate) -> bool:
+    """The file gives the same outputs one image at a time as in verify's batches: a graph that changes only at
+    batch 1 (the batch a device runs) must not pass on batched parity."""
+    k = min(BATCH_1_IMAGES, len(x))
+    try:
+        single = np.concatenate([runner(x[i:i + 1]) for i in range(k)])
+    except Exception as e:  # noqa: BLE001 — a file that cannot run one image fails here, with the reason
+        return gate.check(name, "shapes", "runs at batch 1", describe_error(e), "==", "ok")
+    scale = max(1.0, float(np.abs(batched[:k]).max()))
+    diff = float(np.abs(single.astype(np.float64) - batched[:k]).max()) if single.shape == batched[:k].shape \
+        else math.inf
+    return gate.check(name, "values", "batch 1 vs batched max diff", diff, "<=", BATCH_1_RTOL * scale,
+                      detail=f"{k} images one at a time against the same images in a batch")
 
 
 def _dims(shape: Sequence[Any]) -> list[Any]:

@@ -29,9 +29,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from edgetl.data.arrays import NAMED, list_torchvision, torchvision_sets
-from edgetl.data.folders import WORKERS, Entry, list_folder, same_content
+from edgetl.data.folders import WORKERS, Entry, check_data_root, list_folder, same_content
 from edgetl.data.sample import cache_dir, ensure_sample
 from edgetl.errors import DataError
+from edgetl.files import is_utf8, shown_name
 from edgetl.images import UnusableImageError, check_resizable, load_image
 from edgetl.preprocessing import Preprocessing
 
@@ -81,9 +82,13 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
         root = ensure_sample() if spec == "sample" else Path(spec).expanduser()
         if split is not None and split.get("root") and spec != "sample":
             root = Path(split["root"])  # a resume reads the folder the run started on, whatever the cwd now
+        if not is_utf8(spec):  # recipe.resolved.toml records it, and TOML holds text only
+            raise DataError(f"data folder {shown_name(spec)}: its path is not valid UTF-8 text, which the run's "
+                            f"recipe cannot record — rename the folder")
         if not root.is_dir():
             raise DataError(f"data folder {root} not found — pass a folder of class folders (or with train/ and "
                             f"val/ inside), 'sample', or one of: {', '.join(NAMED)}")
+        check_data_root(root)
         source = FileSource(root)
         classes, train, val, test, skipped, split = list_folder(root, seed=seed, val_fraction=val_fraction,
                                                                  subset=subset, split=split, source=spec)

@@ -2,12 +2,15 @@
 
     files, skipped = list_classes(Path("photos/train"), root=Path("photos"))   # {class: [relative paths]}
 
-What counts as an image candidate is decided here alone: any file with PIL's extensions (or none), not empty,
-not a dot-file or OS litter; folder links stay inside the data and are entered once. Decoding decides the rest.
+What counts as an image candidate is decided here alone: a file whose name passes `image_name_problem` (valid
+UTF-8, one of PIL's image extensions in any case, or none), not empty, not a dot-file or OS litter; folder links
+stay inside the data and are entered once. Decoding decides the rest. Class folder names become the labels a
+device shows, so one that is not valid UTF-8 is refused; a file name that is not is skipped, named with escapes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -21,6 +24,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from edgetl.errors import DataError
+from edgetl.files import is_utf8, shown_name
 from edgetl.images import stat_reason
 
 log = logging.getLogger(__name__)
@@ -134,6 +138,51 @@ def same_content(root: Path, train: list[Entry], val: list[Entry]) -> list[tuple
     return [(entry, train_digests[d]) for d, entry in val_digests if d in train_digests]
 
 
+# Pseudo file systems: their "files" are the kernel's (/proc/kcore reads as 128 TiB), never a user's photos.
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+HEIF = {".heic", ".heif", ".hif"}  # phones' photo format: PIL decodes it only with a plugin (pillow-heif) registered
+
+
+def check_data_root(root: Path, *, flag: str = "data folder") -> None:
+    """Refuse, in one line, a data folder whose walk could only end badly: the file system's root, or a pseudo
+    file system (/proc, /sys, /dev)."""
+    real = Path(os.path.realpath(root))
+    if real == Path(real.anchor):
+        raise DataError(f"{flag} {shown_name(str(root))} is the root of the file system — pass a folder of class "
+                        f"folders")
+    system = next((s for s in SYSTEM_FOLDERS if real.is_relative_to(s)), None)
+    if system is not None:
+        where = "is" if real == Path(system) else "is inside"
+        raise DataError(f"{flag} {shown_name(str(root))} {where} {system}, the kernel's own files, not images — pass "
+                        f"a folder of class folders")
+
+
+def image_name_problem(name: str | os.PathLike) -> str | None:
+    """Why a file's name rules it out as an image, or None when it may be one (decoding decides). The one rule,
+    by name, of what edgetl takes as an image: training and verify's --data through `walk_images`, predict's
+    folders. A name must be valid UTF-8 (it is written to split.json and shown), and carry one of PIL's image
+    extensions, in any case, or none at all (decoding decides)."""
+    name = os.path.basename(os.fspath(name))
+    if not is_utf8(name):
+        return "file name is not valid UTF-8 — rename it"
+    suffix = Path(name).suffix.lower()
+    if not suffix or suffix in _extensions():
+        return None
+    if suffix in HEIF:
+        return f"{suffix} (HEIF) photo: PIL cannot decode it here — convert it to JPEG or PNG"
+    return f"not an image file (extension {Path(name).suffix})"
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """`image_name_problem` finds nothing: the name may be an image's."""
+    return image_name_problem(name) is None
+
+
+@functools.cache
+def _extensions() -> frozenset[str]:
+    return frozenset(Image.registered_extensions())  # loads PIL's plugins
+
+
 def list_classes(folder: Path, *, root: Path) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
     """{class: [paths relative to the class folder]} for every non-hidden subfolder, and what was skipped."""
     files: dict[str, list[str]] = {}
@@ -146,6 +195,9 @@ def list_classes(folder: Path, *, root: Path) -> tuple[dict[str, list[str]], lis
     for entry in entries:
         if ignored(entry.name):
             continue
+        if entry.is_dir() and not is_utf8(entry.name):
+            raise DataError(f"{shown_name(entry.path)}: class folder name is not valid UTF-8, and a class name is "
+                            f"the label a device shows — rename the folder (e.g. to its UTF-8 spelling)")
         if entry.is_dir():
             files[entry.name] = [p.relative_to(entry.path).as_posix() for p in walk_images(Path(entry.path), skipped, root=root)]
         else:
@@ -160,23 +212,25 @@ def list_classes(folder: Path, *, root: Path) -> tuple[dict[str, list[str]], lis
 def walk_images(top: Path, skipped: list[tuple[str, str]], *, root: Path) -> list[Path]:
     """Image candidates under `top` (the one walker: training, calibration and verify all list images here), sorted. Each real folder is entered once, so a symlink loop can't hang;
     cheap rejections (broken links, empty or non-image files) are appended to `skipped`."""
-    known = set(Image.registered_extensions())
     seen, stack, found = {os.path.realpath(top)}, [top], []
     while stack:
         folder = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
-            skipped.append((str(folder), f"cannot list folder ({e.strerror})"))
+            skipped.append((shown_name(str(folder)), f"cannot list folder ({e.strerror})"))
             continue
         for entry in entries:
             path = Path(entry.path)
             if ignored(entry.name):
                 continue
+            if not is_utf8(entry.name):  # split.json, logs and tables could not hold it: named with escapes
+                skipped.append((shown_name(str(path)), "file name is not valid UTF-8 — rename it"))
+                continue
             try:
                 info = entry.stat()  # follows links: linked folders and files are fine, loops are not
             except OSError as e:
-                skipped.append((str(path), stat_reason(str(path), e)))
+                skipped.append((str(path), _stat_reason(path, e)))
                 continue
             if stat.S_ISDIR(info.st_mode):
                 real = os.path.realpath(path)
@@ -191,13 +245,21 @@ def walk_images(top: Path, skipped: list[tuple[str, str]], *, root: Path) -> lis
                     stack.append(path)
             elif not stat.S_ISREG(info.st_mode):
                 skipped.append((str(path), "not a regular file"))
-            elif path.suffix and path.suffix.lower() not in known:
-                skipped.append((str(path), f"not an image file (extension {path.suffix})"))
+            elif (problem := image_name_problem(entry.name)) is not None:
+                skipped.append((str(path), problem))
             elif info.st_size == 0:
                 skipped.append((str(path), "empty file (0 bytes)"))
             else:
                 found.append(path)
     return sorted(found)
+
+
+def _stat_reason(path: Path, e: OSError) -> str:
+    """stat_reason, which reads a broken link's target: a link that vanishes meanwhile (/proc) is just unreadable."""
+    try:
+        return stat_reason(str(path), e)
+    except OSError:
+        return f"cannot read ({e.strerror})"
 
 
 def split_classes(files: dict[str, list[str]], *, seed: int, val_fraction: float, where: Path

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl.data.arrays import array_images, torchvision_sets
-from edgetl.data.folders import walk_images
+from edgetl.data.folders import check_data_root, walk_images
 from edgetl.data.sample import ensure_sample
 from edgetl.errors import DataError
 from edgetl.images import UnusableImageError
@@ -88,6 +88,7 @@ def _folder_entries(data: str) -> tuple[list[tuple[Source, str | None]], dict[st
     root = ensure_sample() if data == "sample" else Path(data).expanduser()
     if not root.is_dir():
         raise DataError(f"--data {data}: folder not found — pass a folder of images or of class folders, or `sample`")
+    check_data_root(root, flag="--data")
     info: dict[str, Any] = {"source": "data", "root": data}
     part = next((p for p in HELD_OUT if (root / p).is_dir()), None)
     if part is not None:

@@ -47,13 +47,13 @@ class Written:
 
 
 def build_manifest(*, ckpt: CheckpointMeta, checkpoint: str, meta: ExportMeta, report: DeployReport,
-                   macs: int | None, artifacts: list[Written]) -> Manifest:
+                   macs: int | None, artifacts: list[Written], checkpoint_sha256: str | None = None) -> Manifest:
     io = meta.io()
     return Manifest(
         edgetl_version=__version__,
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         run=ExportedFrom(backbone=meta.backbone, checkpoint=checkpoint, epoch=ckpt.at_epoch, val_acc=ckpt.val_acc,
-                         recipe_sha256=meta.recipe_sha256),
+                         recipe_sha256=meta.recipe_sha256, checkpoint_sha256=checkpoint_sha256),
         labels=meta.labels, preprocessing=ckpt.preprocessing, input=io["input"], output=io["output"],
         model=ModelFacts(params=report.params, macs=macs, bn_folded=report.bn_folded, lora_merged=report.lora_merged,
                          fold_max_abs_diff=report.max_abs_diff, norms_kept=report.norms_kept),

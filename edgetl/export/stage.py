@@ -264,6 +264,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
     plan.validate()
     out = Path(out) if out is not None else RunDir(run_dir).export_dir
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
+    pinned = files.sha256_file(RunDir(run_dir).checkpoint(checkpoint))  # verify trusts this checkpoint only
     _check_outside_data(out, run_dir)
     _check_replaceable(out)
     previous = None if replace else _previous_manifest(out)
@@ -292,7 +293,10 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
         if input_type == "uint8":
             example = torch.from_numpy(to_device_input(example.numpy(), mean=prep.mean, std=prep.std))
 
-    try:
+    try:  # a killed export's leftovers first (under the run's lock: nobody else writes them)
+        files.remove_stale_temp_dirs(out, prefix=f"{out.name}.tmp-")
+        if out.is_dir():  # the swap finished (else the previous export waits in <out>.old-*/ for a person)
+            files.remove_stale_temp_dirs(out, prefix=f"{out.name}.old-")
         tmp = files.make_temp_dir(out, prefix=f"{out.name}.tmp-")
     except OSError as e:
         raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
@@ -307,12 +311,12 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
                 with _step(f"{name} {precision} ({FORMATS[name].file_for(precision)})", out):
                     artifacts.append(derive_precision(name, precision, source, tmp, run_dir=run_dir, plan=plan))
         manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
-                                  artifacts=artifacts)
+                                  artifacts=artifacts, checkpoint_sha256=pinned)
         kept = _keep_unasked(previous, manifest, out, tmp)
         if kept:
             artifacts += kept
             manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
-                                      artifacts=artifacts)
+                                      artifacts=artifacts, checkpoint_sha256=pinned)
         with _step("golden vectors", out):  # real val crops, as the device holds them, and each file's output
             real = inputs.x[:int(inputs.info.get("images", 0))][:GOLDEN_IMAGES]
             manifest.golden = write_golden(tmp, artifacts, to_device_input(real, mean=prep.mean, std=prep.std),

@@ -166,6 +166,9 @@ class Format:
     # Lower precisions made from the fp32 export: precision -> how (edgetl.export.precision runs them, with
     # calibration and the accuracy guard). `precisions` lists fp32 and these.
     derive: dict[str, Derivation] = field(default_factory=dict)
+    # What verify cannot take on trust, read from the file itself: (the precision its ops say, or None where the
+    # format cannot tell; one line per problem: weights outside the file, metadata keys given twice, ...)
+    audit: Callable[[Path], tuple[str | None, list[str]]] = field(default=lambda path: (None, []))
 
     @property
     def all_precisions(self) -> tuple[str, ...]:

@@ -174,6 +174,32 @@ def _dequantizer(signature: Signature):
     return lambda q: ((q.astype(np.float32) - signature.zero_point) * signature.scale).astype(np.float32)
 
 
+def audit_litert(path: Path) -> tuple[str | None, list[str]]:
+    """The precision the file's tensors have: int8 where quantized integer tensors carry the weights, fp16 where
+    float16 ones do, else fp32; and the metadata entries named twice."""
+    require("litert", EXTRA, "ai_edge_litert")
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    types = set()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            quantized = tensor.Quantization() is not None and tensor.Quantization().ScaleLength() > 0
+            types.add((tensor.Type(), quantized))
+    integer = {schema.TensorType.INT8, schema.TensorType.UINT8}
+    if any(kind in integer and quantized for kind, quantized in types):
+        precision = "int8"
+    elif any(kind == schema.TensorType.FLOAT16 for kind, _ in types):
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    names = [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    return precision, [f"metadata entries given twice: {', '.join(twice)}"] if twice else []
+
+
 def read_litert_meta(path: Path) -> dict[str, Any] | None:
     """The `edgetl` metadata entry's JSON; None for a file without one."""
     require("litert", EXTRA, "ai_edge_litert")
@@ -232,4 +258,5 @@ INT8 = Derivation(make=_quantize, prepare=_prepare, ends=lambda p: p.ends, size=
 
 FORMAT = Format(name="litert", file="model.tflite", write=write_litert, load=load_litert,
                 runtime="LiteRT interpreter (XNNPACK)", extra=EXTRA, requires=("litert_torch", "ai_edge_litert"),
-                packages=("litert-torch", "ai-edge-litert"), read_meta=read_litert_meta, derive={"int8": INT8})
+                packages=("litert-torch", "ai-edge-litert"), read_meta=read_litert_meta, derive={"int8": INT8},
+                audit=audit_litert)

@@ -94,6 +94,41 @@ def load_onnx(path: Path, *, threads: int | None = None) -> Runner:
     return Runner(run=run, inputs=inputs, outputs=outputs)
 
 
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                           "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def audit_onnx(path: Path) -> tuple[str | None, list[str]]:
+    """The precision the file's graph has (int8: quantize/dequantize or integer ops; fp16: float16 weights;
+    else fp32), and what makes it untrustworthy: weights stored outside the file (the listed file would be a
+    stub whose hash proves nothing) and metadata keys given twice (a first-match reader on a device would read
+    another value than verify)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graphs = [proto.graph, *(a.g for n in proto.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)]
+    nodes = [n for g in graphs for n in g.node]
+    tensors = [t for g in graphs for t in g.initializer]
+    tensors += [a.t for n in nodes for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    problems = []
+    outside = [t.name for t in tensors if uses_external_data(t)]
+    if outside:
+        problems.append(f"{len(outside)} weight tensor(s) stored outside the file (e.g. {outside[0]!r}): an export "
+                        f"is one self-contained file")
+    keys = [p.key for p in proto.metadata_props]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        problems.append(f"metadata key(s) given twice: {', '.join(twice)}")
+    if any(n.op_type in QUANTIZED_OPS for n in nodes):
+        precision = "int8"
+    elif any(t.data_type == onnx.TensorProto.FLOAT16 for t in tensors):
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    return precision, problems
+
+
 def read_onnx_meta(path: Path) -> dict[str, Any] | None:
     """The file's metadata_props (what `write_onnx` put there), labels and preprocessing decoded."""
     import onnx
@@ -108,4 +143,4 @@ def read_onnx_meta(path: Path) -> dict[str, Any] | None:
 FORMAT = Format(name="onnx", file="model.onnx", write=write_onnx, load=load_onnx, runtime="onnxruntime (CPU)",
                 packages=("onnx", "onnxruntime"), gates_latency=True, runs_in_engines=True,
                 check_request=check_request,
-                read_meta=read_onnx_meta, derive={"int8": INT8, "fp16": FP16})
+                read_meta=read_onnx_meta, derive={"int8": INT8, "fp16": FP16}, audit=audit_onnx)

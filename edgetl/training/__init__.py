@@ -9,6 +9,7 @@
     state.py        the resume point, best epoch and early stopping as one typed object
     cache.py        the frozen prefix run once (in onnxruntime) over augmented views; phases train on its output
     distributed.py  torchrun / DDP: ranks, the shared batch order, agreed stops
+    memory.py       the size guard: a backbone whose training cannot fit is refused before it is built
     curves.py       curves.png
 
 The Python API's `edgetl.train(recipe=..., data=...)` (edgetl/api.py) resolves a recipe and calls `train_run`.

@@ -48,6 +48,7 @@ from edgetl.training.epoch import (
     steps_per_epoch,
     train_one_epoch,
 )
+from edgetl.training.memory import check_fits
 from edgetl.training.phases import (
     configure_phase,
     count_trainable,
@@ -84,6 +85,7 @@ def prepare_run(recipe: Recipe, *, device: str | torch.device = "auto", callback
     torch_device = device if isinstance(device, torch.device) else select_device(device)
     backbone = get_backbone(recipe.backbone)
     preprocessing = backbone.preprocessing.scaled(recipe.image_size)
+    check_fits(recipe, backbone, device=torch_device, image_size=preprocessing.crop_size)  # before building it
     data = load_data(recipe.data, preprocessing=preprocessing, seed=recipe.seed, val_fraction=recipe.val_fraction,
                      subset=recipe.subset, split=split, progress=callbacks.data_progress)
     torch.manual_seed(recipe.seed)

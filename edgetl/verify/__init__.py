@@ -5,6 +5,7 @@
     stage.py    verify_run: the checks in order, verify.json
     latency.py  honest timing, the machine's fingerprint, latency bars and regressions
     decide.py   the go/no-go per fp16 / int8 file: speed-up, size, accuracy, one word
+    localize.py where a file that failed a parity bar departs: the stage, then the node in the file
 
 The inputs it checks with are edgetl/data/inputs.py; the figures and bars, edgetl/compare/.
 """

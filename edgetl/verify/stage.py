@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgetl import rundir
-from edgetl.card import render_card, write_card
+from edgetl.card import CARD, render_card, write_card
 from edgetl.compare.gate import BARS, Bars, Check, Gate
 from edgetl.compare.golden import check_golden
 from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batched, top5_accuracy
@@ -47,6 +48,7 @@ from edgetl.verify.latency import (
     machine_fingerprint,
     measure_latency,
 )
+from edgetl.verify.localize import localize, worst_rows
 from edgetl.version import __version__
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,12 @@ class VerifySettings:
         seconds = self.timing.seconds
         finite = {"--atol": self.atol, "--min-top1": self.min_top1, "--max-latency-ms": self.max_latency_ms,
                   "--max-regression": self.max_regression}
+        for flag, value in finite.items():  # the API passes values as they come: True is not a tolerance
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise EdgetlError(f"{flag} must be a number (got {value!r})")
+        for flag, value in (("--samples", self.samples), ("--batch", self.batch)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise EdgetlError(f"{flag} must be a whole number (got {value!r})")
         problems = [(value is not None and not math.isfinite(value), f"{flag} must be a finite number (got {value})")
                     for flag, value in finite.items()] + [
             (self.samples is not None and self.samples < 0, f"--samples must be >= 0 (got {self.samples})"),
@@ -128,8 +136,9 @@ class ChecksFailed(VerifyFailed):
 
     def __init__(self, result: VerifyResult) -> None:
         failures = [c.message() for c in result.checks if not c.passed]
+        where = "".join(f"; {w['line']}" for w in result.report.localization.values())
         super().__init__(f"verify failed {len(failures)} check(s) (report: {result.json_path}): "
-                         + "; ".join(failures))  # one line: the tables above hold the detail
+                         + "; ".join(failures) + where)  # one line: the tables above hold the detail
         self.result = result
 
 
@@ -154,9 +163,9 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     report.passed = not gate.failures
     report.failures = [c.message() for c in gate.failures]
     report.checks = [dataclasses.asdict(c) for c in gate.checks]
-    _plot_per_class(run, report)
     json_path = Path(json_path) if json_path is not None else run.verify_json
-    if json_path.resolve() == run.verify_json.resolve():
+    if json_path.resolve() == run.verify_json.resolve():  # a report written elsewhere never touches the run
+        _plot_per_class(run, report)
         _complete_card(run, manifest, report, gate)
     rundir.write(json_path, report)
     result = VerifyResult(run_dir=run.root, json_path=json_path, report=report, checks=gate.checks)
@@ -186,10 +195,26 @@ def read_manifest(run: RunDir) -> Manifest:
     return rundir.read_manifest(run.manifest)
 
 
+CHECKPOINT_NAMES = ("best", "last")  # what a manifest's run.checkpoint may name: a file of the run's own
+
+
 def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
-    """Every listed file is there with the manifest's byte size and sha256: nothing truncated or altered."""
+    """Every listed file is there with the manifest's byte size and sha256: nothing truncated or altered; the
+    folder holds nothing the manifest does not list; no listed name stands for two files (a card entry naming a
+    model); each file's own content says what the manifest says of it (`Format.audit`)."""
     if not manifest.artifacts:
         gate.check("manifest.json", "integrity", "artifacts listed", 0, ">=", 1)
+    names = [entry.file for entry in manifest.listed]
+    gate.check("manifest.json", "integrity", "names listed twice", sorted({n for n in names if names.count(n) > 1}),
+               "==", [], detail="one name, one file: a manifest entry may not stand for another listed file")
+    if manifest.card is not None:
+        gate.check("manifest.json", "integrity", "model card file", manifest.card.file, "==", CARD,
+                   detail="verify rewrites the card: it must be the export's own MODEL_CARD.md")
+    present = sorted(p.name for p in export_dir.iterdir()) if export_dir.is_dir() else []
+    unlisted = [p for p in present if p not in {*names, "manifest.json"}]
+    gate.check("export/", "integrity", "files not in the manifest", unlisted, "==",
+               [], detail="an export folder holds only what its manifest lists (a model's weights moved into a side "
+                          "file, a stray copy): remove them or re-run `edgetl export`")
     for artifact in manifest.listed:  # the models, then the model card
         name, path = artifact.file, export_dir / artifact.file
         inside = path.resolve().is_relative_to(export_dir.resolve())
@@ -202,12 +227,38 @@ def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
         fix = "the file changed after export; re-run `edgetl export` or restore it"
         gate.check(name, "integrity", "bytes", path.stat().st_size, "==", artifact.bytes, detail=fix)
         gate.check(name, "integrity", "sha256", sha256_file(path), "==", artifact.sha256, detail=fix)
+    for artifact in manifest.artifacts:
+        _audit(export_dir, artifact, manifest, gate)
+
+
+def _audit(export_dir: Path, artifact: ArtifactEntry, manifest: Manifest, gate: Gate) -> None:
+    """What the file itself says against what the manifest says of it: its precision (from its ops), no weights
+    outside it, no metadata given twice; and a lower precision's fp32 reference is still listed."""
+    name, fmt = artifact.file, FORMATS.get(artifact.format)
+    if artifact.precision != "fp32":
+        reference = [a.file for a in manifest.artifacts if a.format == artifact.format and a.precision == "fp32"]
+        gate.check(name, "integrity", f"fp32 {artifact.format} file listed beside it", len(reference), ">=", 1,
+                   detail="a lower precision is judged against its format's fp32 file: re-run `edgetl export`")
+    path = export_dir / name
+    if fmt is None or not path.is_file() or not path.resolve().is_relative_to(export_dir.resolve()):
+        return
+    try:
+        precision, problems = fmt.audit(path)
+    except Exception:  # noqa: BLE001 — a file its reader refuses fails its load check, that artifact only
+        return
+    if precision is not None:
+        gate.check(name, "integrity", "precision of its ops", precision, "==", artifact.precision,
+                   detail="the manifest states another precision than the file's graph has: re-run `edgetl export`")
+    for problem in problems:
+        gate.check(name, "integrity", "self-contained, metadata once", problem, "==", "none")
 
 
 def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings, gate: Gate,
                       report: VerifyReport, progress: Progress) -> tuple[list[ArtifactEntry], Path]:
     """Every artifact with a runtime against the checkpoint; returns the artifacts that ran, and the checkpoint."""
-    checkpoint = run.checkpoint(manifest.run.checkpoint)
+    checkpoint = _trusted_checkpoint(run, manifest, gate, report)
+    if checkpoint is None:
+        return [], run.checkpoint("best")
     artifacts = [a for a in manifest.artifacts if a.format in FORMATS]
     for a in manifest.artifacts:
         if a.format not in FORMATS:
@@ -223,6 +274,9 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
         exported = getattr(manifest.run, key)
         if exported is not None:  # the reference must be the checkpoint the export was made from
             gate.check(name, "integrity", key, value, "==", exported, detail=fix)
+    gate.check(name, "integrity", "backbone", meta.backbone, "==", manifest.run.backbone, detail=fix)
+    if manifest.run.val_acc is not None and manifest.run.checkpoint == "best":
+        gate.check(name, "integrity", "val accuracy", meta.val_acc, "==", manifest.run.val_acc, detail=fix)
     check_meaning(manifest, meta, gate, export_dir=run.export_dir, warn=lambda message: _warn(report, message))
     if any(c.kind == "meaning" for c in gate.failures):
         return [], checkpoint  # never run a file by a manifest that misstates it (its shapes size the batches)
@@ -258,6 +312,8 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     for artifact in [a for a in runnable if _in_engines(a)]:
         _check_engines(run, manifest, artifact, settings, gate, report, inputs=inputs, reference=ref_logits,
                        progress=progress, keep_logits=logits)
+    _localize_failures(run, manifest, settings, gate, report, runnable, model=model, inputs=inputs,
+                       reference=ref_logits, logits=logits)
     for name, out in logits.items():  # per class on the labelled verify images: the checkpoint, then each file
         figures = per_class(inputs.targets, out.argmax(axis=1), labels=manifest.labels,
                             top5_hits=top_k_hits(out, inputs.targets))
@@ -267,6 +323,54 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     gate.check("manifest.json", "values", "artifacts checked for parity", len(runnable), ">=", 1,
                detail=f"no listed file ran in a runtime edgetl knows ({', '.join(FORMATS)})")
     return runnable, checkpoint
+
+
+def _localize_failures(run: RunDir, manifest: Manifest, settings: VerifySettings, gate: Gate, report: VerifyReport,
+                       runnable: list[ArtifactEntry], *, model: Any, inputs: Inputs, reference: np.ndarray,
+                       logits: dict[str, np.ndarray]) -> None:
+    """Each row that failed a parity bar on its values: the stage it first departs at, then the node, one line."""
+    failed = {c.artifact for c in gate.failures if c.kind == "values"}
+    rows = [(a, None) for a in runnable] + [(a, e) for a in runnable if _in_engines(a) for e in settings.other_engines]
+    for artifact, engine in rows:
+        row = artifact.file if engine is None else engine_row(artifact.file, engine)
+        if row not in failed or row not in logits:
+            continue
+        bars = _bars(artifact, settings, Gate())  # its bars again, without checking twice
+        ref = softmax(reference) if manifest.io_of(artifact.file)[1].name == PROBS_NAME else reference
+        x, out, real = inputs.x, logits[row], int(inputs.info.get("images", 0))
+        if bars is not None and bars.atol is None and real:  # a lossy file is judged on the real images
+            x, ref, out = x[:real], ref[:real], out[:real]
+        try:
+            where = localize(run.root, manifest, artifact, worst_rows(x, ref, out), bars=bars, model=model,
+                             engine=engine)
+        except Exception as e:  # noqa: BLE001 — failing to localize must not hide the failure it explains
+            _warn(report, f"{row}: cannot localize where it departs ({describe_error(e)})")
+            continue
+        if where is not None:
+            log.warning(where.line)
+            report.localization[row] = where.to_dict()
+
+
+def _trusted_checkpoint(run: RunDir, manifest: Manifest, gate: Gate, report: VerifyReport) -> Path | None:
+    """The one thing verify trusts: the run's own checkpoint, the manifest's `best` or `last`, with the sha256 the
+    export pinned. Anything else (a path out of the run, another file) is refused before it is loaded."""
+    name = manifest.run.checkpoint
+    if name not in CHECKPOINT_NAMES:
+        gate.check("manifest.json", "integrity", "run.checkpoint", name, "==", " or ".join(CHECKPOINT_NAMES),
+                   detail="the reference is the run's own checkpoints/best.pt or last.pt")
+        return None
+    path = run.checkpoint(name)
+    if not gate.check(str(path.relative_to(run.root)), "integrity", "file", "present" if path.is_file() else "missing",
+                      "==", "present", detail="the checkpoint this export was made from"):
+        return None
+    pinned = manifest.run.checkpoint_sha256
+    if pinned is None:
+        _warn(report, f"the manifest pins no checkpoint sha256 (exported by an older edgetl): {path.name} is trusted "
+                      f"as it is; re-export to pin it")
+        return path
+    ok = gate.check(str(path.relative_to(run.root)), "integrity", "sha256", sha256_file(path), "==", pinned,
+                    detail="not the checkpoint this export was made from: re-run `edgetl export`")
+    return path if ok else None
 
 
 def _check_engines(run: RunDir, manifest: Manifest, artifact: ArtifactEntry, settings: VerifySettings, gate: Gate,
@@ -437,7 +541,12 @@ def _check_latency(run: RunDir, manifest: Manifest, artifacts: list[ArtifactEntr
                                      engines=engines, uint8_input=input_type(manifest) == "uint8")
     report.settings.update(batches=batches, threads=threads)
     report.gate = gate_latency(report.latency, gate, max_latency_ms=settings.max_latency_ms)
-    if old is not None and report.gate is not None:
+    if old is not None and report.gate is None:
+        reason = (f"--baseline {settings.baseline}: no file of this export gates latency (an ONNX file), so there is "
+                  f"nothing to compare with it")
+        _warn(report, f"{reason}: latency regression check skipped")
+        report.regression = {"baseline": str(settings.baseline), "status": "skipped", "reason": reason}
+    elif old is not None:
         report.regression = check_regression(report.gate, gate, old=old, baseline=settings.baseline,
                                              machine=report.machine, max_regression=settings.max_regression,
                                              warn=lambda message: _warn(report, message))

@@ -189,3 +189,19 @@ def test_info_says_what_to_do_after_a_failed_verify(finished_run, tmp_path):
     shown = invoke("info", run)
     assert shown.exit_code == 0, shown.output
     assert "verify failed (1 check(s))" in shown.stdout and "all stages done" not in shown.stdout
+
+
+def test_info_never_shows_an_edited_or_outdated_verify_report_as_passed(finished_run, tmp_path):
+    run = shutil.copytree(finished_run[0], tmp_path / "run")
+    report = json.loads((run / "verify.json").read_text())
+    report.update(passed=True, failures=[])
+    report["checks"][0]["passed"] = False  # a verdict its own checks contradict
+    (run / "verify.json").write_text(json.dumps(report))
+    shown = invoke("info", run)
+    assert shown.exit_code == 2 and "its verdict contradicts its own checks" in shown.output
+
+    run = shutil.copytree(finished_run[0], tmp_path / "run2")
+    with (run / "export" / "MODEL_CARD.md").open("a") as card:
+        card.write("edited after verify\n")
+    shown = invoke("info", run)
+    assert shown.exit_code == 2 and "export/MODEL_CARD.md changed after it was verified" in shown.output

@@ -100,7 +100,7 @@ def test_a_matching_artifact_passes_names_shapes_and_values(inputs):
     assert [(c.kind, c.measure) for c in gate.checks] == [
         ("names", "input count"), ("names", "output count"), ("names", "input name"), ("names", "output name"),
         ("shapes", "input dtype"), ("shapes", "output dtype"), ("shapes", "input shape"), ("shapes", "output shape"), ("shapes", "logits shape"),
-        ("values", "max abs diff"), ("values", "top-1 agreement")]
+        ("values", "batch 1 vs batched max diff"), ("values", "max abs diff"), ("values", "top-1 agreement")]
     assert figures["inputs"] == len(inputs.x) and figures["max_abs_diff"] == 0.0 and figures["accuracy"] == 1.0
 
 

@@ -29,7 +29,7 @@ from edgetl.cli import app
 from edgetl.data.inputs import gather_inputs
 from edgetl.errors import ExportError
 from edgetl.export.stage import export_run
-from edgetl.files import write_json
+from edgetl.files import sha256_file, write_json
 from edgetl.formats import FORMATS
 from edgetl.formats.base import Format
 from edgetl.model.checkpoint import load_model
@@ -152,7 +152,8 @@ def test_export_writes_a_self_contained_onnx_file_and_its_manifest(exports, back
 
     assert list(manifest) == MANIFEST_KEYS and read_json(out / "manifest.json") == manifest
     assert manifest["run"] == {"backbone": backbone, "checkpoint": "best", "epoch": 1, "val_acc": 0.9,
-                               "recipe_sha256": manifest["run"]["recipe_sha256"]}
+                               "recipe_sha256": manifest["run"]["recipe_sha256"],
+                               "checkpoint_sha256": sha256_file(run / "checkpoints" / "best.pt")}
     assert len(manifest["run"]["recipe_sha256"]) == 64
     assert manifest["labels"] == ["class_0", "class_1", "class_2"]
     assert manifest["preprocessing"] == read_json(run / "preprocessing.json")

@@ -148,8 +148,8 @@ def test_a_misstated_scale_in_the_manifest_fails_verify(on_device_copy):
     needs("litert")
     path = on_device_copy / "export" / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] == "model.int8.tflite"]
-    manifest["artifacts"][0]["input"]["scale"] *= 2  # a device would feed it wrongly quantized pixels
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "model.int8.tflite")
+    entry["input"]["scale"] *= 2  # a device would feed it wrongly quantized pixels
     path.write_text(json.dumps(manifest))
     result = invoke("verify", on_device_copy, *FAST)
     assert result.exit_code == 1 and "model.int8.tflite: input scale, zero point" in result.output

@@ -90,6 +90,7 @@ def assert_same_training(a, b):
         assert diff < 1e-4, (k, float(diff))
 
 
+@pytest.mark.slow  # 14 s of torchrun; `make test` keeps the rank-death test, `make test-all` runs this one
 def test_two_processes_train_what_one_trains(ddp_data, one_process, tmp_path):
     data, recipe = ddp_data
     run = tmp_path / "two"
@@ -108,6 +109,7 @@ def test_two_processes_train_what_one_trains(ddp_data, one_process, tmp_path):
     assert done.stdout.count("best val acc") == 1, done.stdout
 
 
+@pytest.mark.slow  # 11 s of torchrun (see above)
 def test_resume_under_two_processes_continues_the_same_run(ddp_data, one_process, tmp_path):
     data, recipe = ddp_data
     run = tmp_path / "cut"

@@ -20,7 +20,7 @@ from edgetl.testing import make_run
 
 FAST = ["--latency-seconds", "0.02"]  # the timing loop still runs, briefly: at most 0.06 s per setting
 REPORT_KEYS = ["schema_version", "edgetl_version", "created", "run_dir", "passed", "failures", "warnings", "checks", "bars", "inputs",
-               "reference", "parity", "per_class", "latency", "gate", "regression", "go_no_go", "engines", "golden", "settings", "machine", "versions",
+               "reference", "parity", "per_class", "latency", "gate", "regression", "go_no_go", "engines", "golden", "localization", "settings", "machine", "versions",
                "manifest_sha256"]
 PARITY_KEYS = ["inputs", "max_abs_diff", "mean_abs_diff", "max_rel_diff", "softmax_max_diff", "top1_agreement",
                "top5_overlap", "top5_k", "accuracy", "reference_accuracy", "top5_accuracy", "reference_top5_accuracy",
@@ -71,10 +71,11 @@ def test_verify_passes_on_a_fresh_export(verified):
     assert report["passed"] is True and report["failures"] == []
     # manifest.json: its meaning (labels, preprocessing, shapes) against the checkpoint, and that parity ran;
     # MODEL_CARD.md: its integrity, like every file the manifest lists
-    # the golden vectors and the device snippets: integrity too (this export had no val photos: no golden)
+    # the golden vectors and the device snippets: integrity too (this export had no val photos: no golden);
+    # export/: that it holds nothing the manifest does not list
     assert {c["artifact"] for c in report["checks"]} == {"model.onnx", "model.torchscript.pt", "checkpoints/best.pt",
                                                         "manifest.json", "MODEL_CARD.md", "device_predict.py",
-                                                        "device_predict.cpp"}
+                                                        "device_predict.cpp", "export/"}
     assert report["inputs"]["images"] == 9 and report["inputs"]["labelled"] == 9 and report["inputs"]["random"] == 4
     assert report["parity"]["model.onnx"]["top1_agreement"] == 1.0
 
