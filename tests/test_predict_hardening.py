@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from edgetl.cli import app
 from edgetl.export import export_run
-from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
 from edgetl.predict import PREDICT_BATCH, Failure, Prediction, predict_images
 from edgetl.preprocessing import preprocess_batch
+from edgetl.testing import edit_manifest, rehash
 
 
 def invoke(*args):
@@ -59,21 +59,6 @@ def no_hang():
     signal.signal(signal.SIGALRM, old)
 
 
-def edit_manifest(run, change):
-    path = run / "export" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
-
-def rehash(run, file):
-    path = run / "export" / file
-
-    def update(manifest):
-        entry = next(a for a in manifest["artifacts"] if a["file"] == file)
-        entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
-
-    edit_manifest(run, update)
 
 
 def test_unusable_images_are_named_and_the_others_still_classified(exported_both, photos, tmp_path, no_hang):

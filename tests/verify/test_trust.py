@@ -17,6 +17,7 @@ from edgetl.compare.gate import BARS, Gate
 from edgetl.compare.parity import check_parity
 from edgetl.files import sha256_file
 from edgetl.formats.base import Runner
+from edgetl.testing import edit_manifest, rehash
 
 FAST = ["--latency-seconds", "0.02", "--threads", "1", "--samples", "8"]
 
@@ -30,22 +31,6 @@ def run(finished_run, tmp_path):
     return shutil.copytree(finished_run[0], tmp_path / "run")
 
 
-def edit_manifest(run, change):
-    path = run / "export" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
-
-def rehash(run, file):
-    """The manifest made to agree with the edited file: its size and sha256."""
-    path = run / "export" / file
-
-    def update(manifest):
-        entry = next(a for a in manifest["artifacts"] if a["file"] == file)
-        entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
-
-    edit_manifest(run, update)
 
 
 def failed(result, *parts):
