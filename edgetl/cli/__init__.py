@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from edgetl import api, files
 from edgetl.api import Run
+from edgetl.cli.bench import bench as _bench  # its own module; wrapped by the same error boundary below
 from edgetl.cli.options import (
     AtolOpt,
     BackboneOpt,
@@ -378,8 +379,6 @@ def info(run_dir: PredictRunArg, json_out: JsonOutOpt = None) -> None:
     if described.damaged:
         raise typer.Exit(2)
 
-
-from edgetl.cli.bench import bench as _bench  # noqa: E402 — its own module; wrapped by the same error boundary
 
 for _command in (run, train, export, verify, predict, info, command(_bench), recipes, backbones):
     app.command()(_command)

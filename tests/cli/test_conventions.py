@@ -170,10 +170,11 @@ def test_export_keeps_the_files_it_was_not_asked_for_and_replace_drops_them(fini
     run = shutil.copytree(finished_run[0], tmp_path / "run")
     before = json.loads((run / "export" / "manifest.json").read_text())
     torchscript = next(a for a in before["artifacts"] if a["format"] == "torchscript")
-    result = invoke("export", run, "-f", "onnx", "-p", "int8", "--json", "-")
+    # fp32 only: the keeping is the same for any precision, and a random-weight model's INT8 bars are a coin flip
+    result = invoke("export", run, "-f", "onnx", "--json", "-")
     assert result.exit_code == 0, result.output
     listed = {a["file"]: a for a in json.loads(result.stdout)["artifacts"]}
-    assert {"model.onnx", "model.int8.onnx", torchscript["file"]} <= set(listed)
+    assert set(listed) == {"model.onnx", torchscript["file"]}
     assert listed[torchscript["file"]]["sha256"] == torchscript["sha256"]
     assert (run / "export" / torchscript["file"]).is_file()
     assert invoke("verify", run, *FAST).exit_code == 0
