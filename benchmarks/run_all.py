@@ -8,8 +8,8 @@
 
 Which scripts run:
 
-* --quick: all ten (SCRIPTS), in that order; --full: all but bench_run (QUICK_ONLY: its photo run goes by
-  itself, or with --only run). bench_gpu runs a CPU smoke test under --quick when there is no GPU;
+* --quick: all eleven (SCRIPTS), in that order; --full: all but bench_run and bench_device_input (QUICK_ONLY: the
+  photo run goes by itself, or with --only run; the device-input one needs a trained --run). bench_gpu runs a CPU smoke test under --quick when there is no GPU;
   bench_ddp skips (exit 0, a JSON that says why) on a torch build without torch.distributed (gloo).
 * the default: train, inference, export, ddp, gpu and engines (DEFAULT) — bench_train on the sample data
   (quickstart recipe, 96 px, ~3 min on 2 cores), bench_inference and bench_export at 224 px on three backbones
@@ -41,9 +41,9 @@ import common  # noqa: E402
 # section (the key in the JSON) -> script, in the order they run
 SCRIPTS = {"train": "bench_train", "inference": "bench_inference", "export": "bench_export", "ddp": "bench_ddp",
            "gpu": "bench_gpu", "formats": "bench_formats", "quant": "bench_quant", "engines": "bench_engines",
-           "backbones": "bench_backbones", "run": "bench_run"}
+           "backbones": "bench_backbones", "run": "bench_run", "device_input": "bench_device_input"}
 DEFAULT = ("train", "inference", "export", "ddp", "gpu", "engines")  # CPU-sized: about 10 min on 2 cores
-QUICK_ONLY = ("run",)  # the photo chain runs by itself (or with --only); run_all takes only its --quick smoke test
+QUICK_ONLY = ("run", "device_input")  # by themselves (a photo chain; a trained run); run_all takes their --quick smoke tests
 
 
 def sections_for(mode: str, only: list[str] | None) -> list[str]:
@@ -189,10 +189,15 @@ def run_rows(data: dict[str, Any]) -> list[Row]:
              f"{common.fmt(s['ratios_edgetl_over_plain']['stages_total_s'], '.2f', '×')}")]
 
 
+def device_input_rows(data: dict[str, Any]) -> list[Row]:
+    return [("device_input", r["file"], "INT8 ONNX p50 (/ float-input file)",
+             f"{r['p50_ms']:.3f} ms ({r['ratio_to_baseline']:.3f}×)") for r in data["results"]]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "train": train_rows, "inference": inference_rows, "export": export_rows, "ddp": ddp_rows, "gpu": gpu_rows,
     "formats": formats_rows, "quant": quant_rows, "engines": engines_rows, "backbones": backbones_rows,
-    "run": run_rows}
+    "run": run_rows, "device_input": device_input_rows}
 
 
 def summary_rows(results: dict[str, Any]) -> list[Row]:

@@ -68,7 +68,8 @@ def device_model(model: nn.Module, *, mean: Sequence[float], std: Sequence[float
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if uint8_input:
-                x = x.permute(0, 3, 1, 2).float() * self.scale + self.shift
+                # contiguous: a strided NCHW view makes the exporter trace the pooling as an as_strided Gather
+                x = x.permute(0, 3, 1, 2).contiguous().float() * self.scale + self.shift
             out = self.model(x)
             return torch.softmax(out, dim=1) if probs else out
 
