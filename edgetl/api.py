@@ -129,9 +129,10 @@ class Run:
                min_top1: float | None = None, batch: int | None = None, max_latency_ms: float | None = None,
                baseline: PathLike | None = None, max_regression: float = 0.10, threads: Sequence[int] | None = None,
                latency_seconds: float = 1.0, runtimes: Sequence[str] | None = None, json_path: PathLike | None = None,
-               check: bool = False, progress: Progress = None) -> VerifyReport:
+               export: PathLike | None = None, check: bool = False, progress: Progress = None) -> VerifyReport:
         """Integrity, parity with the checkpoint (per file and per class), latency; the report, also written to
-        RUN/verify.json (or `json_path`). A failed bar is `report.passed == False` and `report.failures`; with
+        RUN/verify.json (or `json_path`; `export`: an export folder of this run written elsewhere, whose report
+        goes beside it). A failed bar is `report.passed == False` and `report.failures`; with
         `check=True` it raises `edgetl.verify.ChecksFailed` (an EdgetlError, exit code 1 in the CLI) instead."""
         from edgetl.verify import ChecksFailed
 
@@ -140,7 +141,8 @@ class Run:
                                             max_regression=max_regression, threads=threads,
                                             latency_seconds=latency_seconds, runtimes=runtimes)
         try:
-            result = pipeline.verify_stage(self.path, settings, json_path=_path(json_path), hooks=hooks_for(progress))
+            result = pipeline.verify_stage(self.path, settings, json_path=_path(json_path), export_dir=_path(export),
+                                           hooks=hooks_for(progress))
         except ChecksFailed as e:
             if check:
                 raise

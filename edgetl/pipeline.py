@@ -271,19 +271,25 @@ def verify_settings(*, latency_seconds: float = 1.0, threads: Sequence[int] | No
 
 
 def verify_stage(run_dir: Path, settings: VerifySettings | None = None, *, json_path: Path | None = None,
-                 hooks: Hooks | None = None) -> VerifyResult:
-    """verify_run with its progress reported; ChecksFailed (exit 1) carries the whole report."""
+                 export_dir: Path | None = None, hooks: Hooks | None = None) -> VerifyResult:
+    """verify_run with its progress reported; ChecksFailed (exit 1) carries the whole report. `export_dir`: an
+    export of the run written elsewhere (`edgetl export RUN --out DIR`); its report goes beside it, in DIR."""
     from edgetl.verify import VerifySettings, verify_run
 
     hooks = hooks or Hooks()
     settings = settings or VerifySettings()
     settings.validate()  # flags first, then the run
     require_run(run_dir, recipe=False)
+    run = RunDir(run_dir, export=export_dir)
+    if export_dir is not None and not Path(export_dir).is_dir():
+        raise RunDirError(f"--export {export_dir}: no such folder — pass the folder `edgetl export RUN --out` wrote")
     check_json_target(json_path, run_dir)
-    # A report written elsewhere never touches the run, so a read-only run can be verified without its lock.
-    into_run = json_path is None or Path(json_path).resolve() == RunDir(run_dir).verify_json.resolve()
-    with files.locked(run_dir) if into_run else contextlib.nullcontext(), hooks.verifying() as progress:
-        result = verify_run(run_dir, settings, json_path=json_path, progress=progress)
+    # A report written elsewhere never touches the run, so a read-only run can be verified without its lock; the
+    # default report of an export written elsewhere goes beside it, under that folder's lock.
+    into = json_path is None or Path(json_path).resolve() == run.report.resolve()
+    lock = run.root if run.own_export else run.export_dir
+    with files.locked(lock) if into else contextlib.nullcontext(), hooks.verifying() as progress:
+        result = verify_run(run_dir, settings, json_path=json_path, export_dir=export_dir, progress=progress)
     hooks.verified(result)
     return result
 

@@ -33,12 +33,16 @@ STAGES = ("train", "export", "verify")
 
 @dataclass(frozen=True)
 class RunDir:
-    """The paths of one run directory; nothing is read or created by building one."""
+    """The paths of one run directory; nothing is read or created by building one. `export`: an export folder
+    written elsewhere (`edgetl export RUN --out DIR`), which the export paths then name."""
 
     root: Path
+    export: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+        if self.export is not None:
+            object.__setattr__(self, "export", Path(self.export))
 
     recipe = property(lambda self: self.root / "recipe.resolved.toml")
     labels = property(lambda self: self.root / "labels.json")
@@ -51,10 +55,20 @@ class RunDir:
     verify_confusion = property(lambda self: self.root / "verify-confusion.png")  # verify: each exported file
     train_json = property(lambda self: self.root / "train.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
-    export_dir = property(lambda self: self.root / "export")
-    manifest = property(lambda self: self.root / "export" / "manifest.json")
-    card = property(lambda self: self.root / "export" / "MODEL_CARD.md")
+    export_dir = property(lambda self: self.export if self.export is not None else self.root / "export")
+    manifest = property(lambda self: self.export_dir / "manifest.json")
+    card = property(lambda self: self.export_dir / "MODEL_CARD.md")
     verify_json = property(lambda self: self.root / "verify.json")
+
+    @property
+    def own_export(self) -> bool:
+        """The export is the run's own RUN/export (not one written elsewhere with --out)."""
+        return self.export is None or self.export.resolve() == (self.root / "export").resolve()
+
+    @property
+    def report(self) -> Path:
+        """Where verify writes its report by default: RUN/verify.json, or beside an export written elsewhere."""
+        return self.verify_json if self.own_export else self.export_dir / "verify.json"
 
     def checkpoint(self, name: str) -> Path:
         """`best` / `last` (or a file name) -> its path under checkpoints/."""

@@ -160,22 +160,23 @@ class StopAfterEpoch(Callbacks):
             raise KeyboardInterrupt
 
 
-def edit_manifest(run: Path, change) -> None:
-    """Apply `change(manifest_dict)` to RUN/export/manifest.json, as a careless script (or an attacker) would."""
+def edit_manifest(run: Path, change, *, export: Path | None = None) -> None:
+    """Apply `change(manifest_dict)` to RUN/export/manifest.json (or `export`/manifest.json), as a careless script
+    (or an attacker) would."""
     import json
 
-    path = Path(run) / "export" / "manifest.json"
+    path = Path(export or Path(run) / "export") / "manifest.json"
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
 
 
-def rehash(run: Path, file: str) -> None:
+def rehash(run: Path, file: str, *, export: Path | None = None) -> None:
     """Make the manifest agree with an edited export file (its size and sha256): a consistent tamper."""
-    path = Path(run) / "export" / file
+    path = Path(export or Path(run) / "export") / file
 
     def update(manifest: dict) -> None:
         entry = next(a for a in manifest["artifacts"] if a["file"] == file)
         entry.update(bytes=path.stat().st_size, sha256=files.sha256_file(path))
 
-    edit_manifest(run, update)
+    edit_manifest(run, update, export=export)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
+import sys
 from dataclasses import asdict
 from typing import Annotated, Optional
 
@@ -81,6 +83,7 @@ from edgetl.cli.options import (
     TopKOpt,
     VerboseOpt,
     VerifyDataOpt,
+    VerifyExportOpt,
     VerifyRunArg,
     WeightsOpt,
 )
@@ -250,12 +253,14 @@ def verify(
     run_dir: VerifyRunArg, data: VerifyDataOpt = None, samples: SamplesOpt = None, json_path: JsonOpt = None,
     atol: AtolOpt = None, min_top1: MinTop1Opt = None, batch: BatchOpt = None, max_latency_ms: MaxLatencyOpt = None,
     baseline: BaselineOpt = None, max_regression: MaxRegressionOpt = 0.10, threads: ThreadsOpt = None,
-    latency_seconds: LatencySecondsOpt = 1.0, runtime: RuntimeOpt = None, verbose: VerboseOpt = False,
+    latency_seconds: LatencySecondsOpt = 1.0, runtime: RuntimeOpt = None, export: VerifyExportOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Check an export before it ships: integrity, parity with the checkpoint, latency. Exit 1 if a bar fails.
 
     --json PATH writes the report there instead of RUN/verify.json; --json - prints it on stdout (RUN/verify.json
-    is written as always).
+    is written as always). --export DIR checks an export written elsewhere (`edgetl export RUN --out DIR`) against
+    RUN's checkpoint; its report then goes to DIR/verify.json and RUN is left as it is.
     """
     from edgetl.verify import ChecksFailed
 
@@ -266,7 +271,7 @@ def verify(
             report = _shown_on_failure(lambda: Run(run_dir).verify(
                 data, samples=samples, atol=atol, min_top1=min_top1, batch=batch, max_latency_ms=max_latency_ms,
                 baseline=baseline, max_regression=max_regression, threads=threads, latency_seconds=latency_seconds,
-                runtimes=_values(runtime), json_path=None if stdout else json_path, check=True,
+                runtimes=_values(runtime), json_path=None if stdout else json_path, export=export, check=True,
                 progress=RichHooks()))
     except ChecksFailed as e:
         if stdout:
@@ -389,4 +394,16 @@ def main() -> None:
     # its `finally` blocks remove temp folders and locks, and the exit code is 130, not the signal's 143. Training
     # takes both signals over while it runs, to stop after the current step with last.pt written.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    app()
+    if os.environ.get("RANK", "0") == "0":
+        app()
+        return
+    # Under torchrun every process parses the same command line: a bad flag is rank 0's to report, once.
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as e:  # a usage error (exit 2), not printed here
+        code = e.exit_code
+    except typer.Abort:
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

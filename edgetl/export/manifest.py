@@ -11,8 +11,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from edgetl.export.deploy import DeployReport
 from edgetl.formats.base import ExportMeta
+from edgetl.model.deploy import DeployReport
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, ExportedFrom, Manifest, ModelFacts, package_versions
 from edgetl.version import __version__
 

@@ -27,7 +27,6 @@ from edgetl import files, rundir
 from edgetl.card import CARD, render_card, write_card
 from edgetl.data.inputs import gather_inputs
 from edgetl.errors import EdgetlError, ExportError, RunDirError, describe_error
-from edgetl.export.deploy import DeployReport, deploy_model
 from edgetl.export.golden import GOLDEN_IMAGES, write_golden
 from edgetl.export.manifest import Written, build_manifest
 from edgetl.export.precision import QuantPlan, check_precisions, derive_precision
@@ -36,6 +35,7 @@ from edgetl.formats import DEFAULT_FORMATS, FORMATS, resolve_formats
 from edgetl.formats.base import ExportMeta, Source
 from edgetl.formats.device_io import device_model, to_device_input
 from edgetl.model.checkpoint import check_belongs, checkpoint_meta, load_model
+from edgetl.model.deploy import DeployReport, deploy_model
 from edgetl.model.macs import count_macs
 from edgetl.recipe import INPUT_TYPES, OUTPUT_TYPES
 from edgetl.rundir import CheckpointMeta, Manifest, RunDir
@@ -99,6 +99,17 @@ def _check_outside_data(out: Path, run_dir: Path) -> None:
                           f"data — pass --out a folder outside it")
 
 
+REPORT = "verify.json"  # `edgetl verify RUN --export DIR` writes its report beside an export made with --out
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        rundir.read_verify_report(path)
+    except RunDirError:
+        return False
+    return path.is_file()
+
+
 def _check_replaceable(out: Path) -> None:
     """Only an export (or an empty folder) may be replaced wholesale: a folder holding its manifest and the files
     it lists, nothing else — never a folder of the user's files that merely has a manifest.json in it."""
@@ -117,7 +128,7 @@ def _check_replaceable(out: Path) -> None:
     except RunDirError as e:
         raise EdgetlError(f"{out} is not a readable edgetl export ({e}) — {fix}") from None
     # A listed name that is a folder or a link is not a file edgetl wrote: keep.txt inside "model.onnx/" is the user's.
-    foreign = sorted((entries - listed - {MANIFEST})
+    foreign = sorted((entries - listed - {MANIFEST} - ({REPORT} if _is_report(out / REPORT) else set()))
                      | {name for name in entries if (out / name).is_symlink() or not (out / name).is_file()})
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")

@@ -30,13 +30,15 @@ from edgetl.compare.parity import PARITY_BATCH, accuracy, check_parity, run_batc
 from edgetl.confusion import per_class, plot_confusion, same_figures, top_k_hits
 from edgetl.data.inputs import JUDGED_IMAGES, Inputs, gather_inputs
 from edgetl.errors import EdgetlError, RunDirError, VerifyFailed, describe_error
-from edgetl.files import sha256_file
+from edgetl.files import LOCK_NAME, sha256_file
 from edgetl.formats import FORMATS
 from edgetl.formats.base import PROBS_NAME, Runner, adapt, torch_runner
 from edgetl.formats.device_io import from_device_input, softmax, to_device_input
 from edgetl.formats.engines import ENGINES, REFERENCE_ENGINE, engine_version, load_engine, require_engine
 from edgetl.formats.onnx_portable import check_portable
 from edgetl.model.checkpoint import checkpoint_meta, load_model
+from edgetl.model.deploy import deploy_model
+from edgetl.model.macs import count_macs
 from edgetl.preprocessing import Preprocessing
 from edgetl.rundir import ArtifactEntry, CheckpointMeta, Manifest, RunDir, VerifyReport
 from edgetl.verify.decide import go_no_go
@@ -143,9 +145,10 @@ class ChecksFailed(VerifyFailed):
 
 
 def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, json_path: Path | None = None,
-               progress: Progress = lambda stage: None) -> VerifyResult:
-    """Run every check on RUN/export and write the report; raise ChecksFailed if any bar fails."""
-    run = RunDir(run_dir)
+               export_dir: Path | None = None, progress: Progress = lambda stage: None) -> VerifyResult:
+    """Run every check on RUN/export (or `export_dir`, an export of RUN written elsewhere) and write the report;
+    raise ChecksFailed if any bar fails."""
+    run = RunDir(run_dir, export=export_dir)
     settings.validate()
     manifest = read_manifest(run)
     old = rundir.read_verify_report(settings.baseline) if settings.baseline is not None else None
@@ -163,9 +166,10 @@ def verify_run(run_dir: Path, settings: VerifySettings = VerifySettings(), *, js
     report.passed = not gate.failures
     report.failures = [c.message() for c in gate.failures]
     report.checks = [dataclasses.asdict(c) for c in gate.checks]
-    json_path = Path(json_path) if json_path is not None else run.verify_json
-    if json_path.resolve() == run.verify_json.resolve():  # a report written elsewhere never touches the run
-        _plot_per_class(run, report)
+    json_path = Path(json_path) if json_path is not None else run.report
+    if json_path.resolve() == run.report.resolve():  # a report written elsewhere touches neither run nor export
+        if run.own_export:
+            _plot_per_class(run, report)
         _complete_card(run, manifest, report, gate)
     rundir.write(json_path, report)
     result = VerifyResult(run_dir=run.root, json_path=json_path, report=report, checks=gate.checks)
@@ -191,11 +195,15 @@ def read_manifest(run: RunDir) -> Manifest:
     if not run.root.is_dir():
         raise RunDirError(f"run directory {run.root} not found")
     if not run.manifest.is_file():
-        raise RunDirError(f"{run.manifest} not found — run `edgetl export {run.root}` first")
+        out = "" if run.own_export else f" --out {run.export_dir}"
+        raise RunDirError(f"{run.manifest} not found — run `edgetl export {run.root}{out}` first")
     return rundir.read_manifest(run.manifest)
 
 
-CHECKPOINT_NAMES = ("best", "last")  # what a manifest's run.checkpoint may name: a file of the run's own
+CHECKPOINT_NAMES = ("best", "last")
+# What an export folder may hold besides its listed files: its manifest; verify's report and lock when the export
+# was written elsewhere (`edgetl verify RUN --export DIR` writes them there).
+BOOKKEEPING = frozenset({"manifest.json", "verify.json", LOCK_NAME})  # what a manifest's run.checkpoint may name: a file of the run's own
 
 
 def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
@@ -211,7 +219,7 @@ def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
         gate.check("manifest.json", "integrity", "model card file", manifest.card.file, "==", CARD,
                    detail="verify rewrites the card: it must be the export's own MODEL_CARD.md")
     present = sorted(p.name for p in export_dir.iterdir()) if export_dir.is_dir() else []
-    unlisted = [p for p in present if p not in {*names, "manifest.json"}]
+    unlisted = [p for p in present if p not in {*names, *BOOKKEEPING}]
     gate.check("export/", "integrity", "files not in the manifest", unlisted, "==",
                [], detail="an export folder holds only what its manifest lists (a model's weights moved into a side "
                           "file, a stray copy): remove them or re-run `edgetl export`")
@@ -278,6 +286,7 @@ def _check_parity_all(run: RunDir, manifest: Manifest, settings: VerifySettings,
     if manifest.run.val_acc is not None and manifest.run.checkpoint == "best":
         gate.check(name, "integrity", "val accuracy", meta.val_acc, "==", manifest.run.val_acc, detail=fix)
     check_meaning(manifest, meta, gate, export_dir=run.export_dir, warn=lambda message: _warn(report, message))
+    check_model_facts(manifest, model, meta, gate)
     if any(c.kind == "meaning" for c in gate.failures):
         return [], checkpoint  # never run a file by a manifest that misstates it (its shapes size the batches)
     reference = torch_runner(model)
@@ -466,8 +475,13 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
             warn(f"{artifact.file}: cannot read its embedded labels and preprocessing ({describe_error(e)})")
             continue
         if embedded is None:
-            warn(f"{artifact.file} carries no labels or preprocessing of its own (exported by an older edgetl); "
-                 f"only the manifest's were checked")
+            if manifest.run.checkpoint_sha256 is not None:  # an export that pins its checkpoint embeds them too
+                gate.check(artifact.file, "meaning", "embedded labels and preprocessing", "missing", "==", "present",
+                           detail="a device reads them from the file: its metadata was stripped after export; "
+                                  "re-run `edgetl export`")
+            else:
+                warn(f"{artifact.file} carries no labels or preprocessing of its own (exported by an older edgetl); "
+                     f"only the manifest's were checked")
             continue
         edited = "the file's own metadata differs from the manifest: one was edited after export; " \
                  "re-run `edgetl export`"
@@ -484,6 +498,29 @@ def check_meaning(manifest: Manifest, meta: CheckpointMeta, gate: Gate, *, expor
                        artifact.precision, detail=edited)
         if embedded.get("opset") is not None and artifact.opset is not None:
             gate.check(artifact.file, "meaning", "opset", embedded["opset"], "==", artifact.opset, detail=edited)
+
+
+def check_model_facts(manifest: Manifest, model: Any, meta: CheckpointMeta, gate: Gate) -> None:
+    """The manifest's `model` facts (parameters, MACs, BatchNorms folded, LoRA adapters merged) re-derived from the
+    checkpoint: its deploy model is rebuilt as export built it (~0.3 s for Lite0, one forward pass for the MACs)."""
+    import torch
+
+    try:
+        deployed, deploy = deploy_model(model)
+    except EdgetlError as e:  # the checkpoint's model no longer folds: nothing here to compare with
+        gate.check("manifest.json", "meaning", "deploy model rebuilt from the checkpoint", describe_error(e), "==",
+                   "ok")
+        return
+    fix = "the manifest's model facts are not its checkpoint's: it was edited after export; re-run `edgetl export`"
+    stated = manifest.model
+    gate.check("manifest.json", "meaning", "model.params", stated.params, "==", deploy.params, detail=fix)
+    gate.check("manifest.json", "meaning", "model.bn_folded", stated.bn_folded, "==", deploy.bn_folded, detail=fix)
+    gate.check("manifest.json", "meaning", "model.lora_merged", stated.lora_merged, "==", deploy.lora_merged,
+               detail=fix)
+    if stated.macs is not None:
+        crop = meta.preprocessing.crop_size
+        gate.check("manifest.json", "meaning", "model.macs", stated.macs, "==",
+                   count_macs(deployed, torch.zeros(1, 3, crop, crop)), detail=fix)
 
 
 def _on_uint8_grid(inputs: Inputs, prep: Preprocessing) -> Inputs:

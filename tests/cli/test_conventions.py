@@ -206,3 +206,18 @@ def test_info_never_shows_an_edited_or_outdated_verify_report_as_passed(finished
         card.write("edited after verify\n")
     shown = invoke("info", run)
     assert shown.exit_code == 2 and "export/MODEL_CARD.md changed after it was verified" in shown.output
+
+
+def test_under_torchrun_a_bad_flag_is_reported_once_by_rank_0():
+    """Every torchrun worker parses the same command line; only rank 0 prints the usage error (exit 2 on each)."""
+    import os
+
+    def train_with_bad_flag(rank):
+        env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2"}
+        return subprocess.run([sys.executable, "-m", "edgetl", "train", "--epochs", "-3"], capture_output=True,
+                              text=True, env=env, timeout=60)
+
+    first, other = train_with_bad_flag("0"), train_with_bad_flag("1")
+    assert first.returncode == other.returncode == 2
+    assert "--epochs" in first.stderr and "Traceback" not in first.stderr
+    assert other.stderr == "" and other.stdout == ""

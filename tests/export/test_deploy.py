@@ -13,8 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgetl.backbones import BACKBONES
 from edgetl.errors import ExportError
-from edgetl.export.deploy import count_bn, deploy_model
 from edgetl.model.checkpoint import load_model
+from edgetl.model.deploy import count_bn, deploy_model
 from edgetl.testing import make_run
 
 ATOL = 1e-4  # per unit of logit scale (see export.FOLD_ATOL)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from edgetl.cli import app
 from edgetl.files import sha256_file
 from edgetl.formats import FORMATS
+from edgetl.testing import edit_manifest
 
 FAST = ["--latency-seconds", "0.01", "--threads", "1", "--samples", "4"]
 
@@ -111,9 +112,18 @@ def test_verify_fails_a_torchscript_file_whose_metadata_is_not_the_manifests(exp
     assert embedded_checks(exported_both_copy)[("model.torchscript.pt", measure)] is False
 
 
-def test_a_file_without_metadata_is_a_warning_not_a_failure(exported_both_copy):
+def test_a_file_stripped_of_its_metadata_fails(exported_both_copy):
+    rewrite_onnx(exported_both_copy, lambda p: p.clear())
+    assert FORMATS["onnx"].read_meta(exported_both_copy / "export" / "model.onnx") is None
+    result = invoke("verify", exported_both_copy, *FAST)
+    assert result.exit_code == 1, result.output
+    assert "model.onnx: embedded labels and preprocessing 'missing'" in result.output, result.output
+
+
+def test_a_file_without_metadata_from_an_older_export_is_a_warning_not_a_failure(exported_both_copy):
     rewrite_onnx(exported_both_copy, lambda p: p.clear())
     rewrite_torchscript(exported_both_copy, lambda d: None)
+    edit_manifest(exported_both_copy, lambda m: m["run"].pop("checkpoint_sha256"))  # as an older edgetl wrote it
     assert FORMATS["onnx"].read_meta(exported_both_copy / "export" / "model.onnx") is None
     assert FORMATS["torchscript"].read_meta(exported_both_copy / "export" / "model.torchscript.pt") is None
     result = invoke("verify", exported_both_copy, *FAST)

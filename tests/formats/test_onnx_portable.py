@@ -24,10 +24,10 @@ import torch
 
 from edgetl.backbones import get_backbone
 from edgetl.errors import EdgetlError
-from edgetl.export.deploy import deploy_model
 from edgetl.formats.base import INPUT_NAME, OUTPUT_NAME
 from edgetl.formats.engines import Engine, EngineError, engine_version, get_engine, load_engine, require_engine
 from edgetl.formats.onnx_portable import LOW_OPSET, check_portable, make_portable, parse_version, raise_opset
+from edgetl.model.deploy import deploy_model
 from edgetl.quiet import quiet
 from edgetl.testing import randomize_for_parity
 

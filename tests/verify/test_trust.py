@@ -47,9 +47,15 @@ def test_the_checkpoint_is_the_run_own_and_the_one_pinned(run):
 
 
 def test_manifest_facts_are_checked_against_the_checkpoint(run):
+    stated = json.loads((run / "export" / "manifest.json").read_text())["run"]
     edit_manifest(run, lambda m: m["run"].update(backbone="resnet18", val_acc=0.999))
     failed(invoke("verify", run, *FAST), "checkpoints/best.pt: backbone 'mobilenet_v3_small' fails the bar = "
                                          "'resnet18'", "val accuracy")
+    edit_manifest(run, lambda m: m["run"].update(backbone=stated["backbone"], val_acc=stated["val_acc"]))
+    edit_manifest(run, lambda m: m["model"].update(params=m["model"]["params"] * 10, macs=1, bn_folded=0))
+    result = invoke("verify", run, *FAST)
+    failed(result, "manifest.json: model.params", "manifest.json: model.macs 1", "manifest.json: model.bn_folded 0")
+    assert "val accuracy" not in result.output and "backbone" not in result.output
 
 
 def test_weights_moved_out_of_the_file_and_metadata_given_twice_fail(run):
@@ -165,3 +171,23 @@ def test_a_broken_conv_weight_fails_verify_naming_the_stage_and_the_node(exporte
     failed(result, "model.onnx departs at the fp32 file", f"node {conv.name} (Conv")
     where = json.loads((run / "verify.json").read_text())["localization"]["model.onnx"]
     assert where["stage"] == "fp32 file" and conv.name in where["node"]
+
+
+def test_an_export_written_elsewhere_is_verified_against_the_run_and_leaves_it_alone(run, tmp_path):
+    out = tmp_path / "ship"
+    assert invoke("export", run, "--out", out, "-f", "onnx").exit_code == 0
+    before = {p.name: sha256_file(p) for p in run.rglob("*") if p.is_file()}
+    result = invoke("verify", run, "--export", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert (out / "verify.json").is_file()
+    assert {p.name: sha256_file(p) for p in run.rglob("*") if p.is_file()} == before  # the run is untouched
+    assert invoke("export", run, "--out", out, "-f", "onnx").exit_code == 0  # its report is not a foreign file
+
+    path = out / "model.onnx"
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="labels", value=json.dumps(["forged"]))
+    onnx.save_model(model, str(path))
+    rehash(run, "model.onnx", export=out)
+    failed(invoke("verify", run, "--export", out, *FAST), "model.onnx: self-contained")
+    result = invoke("verify", run, "--export", tmp_path / "nowhere", *FAST)
+    assert result.exit_code == 2 and "--export" in result.output
