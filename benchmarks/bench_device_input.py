@@ -40,17 +40,21 @@ def tiny_run(root: Path) -> Path:
     return make_run(root, backbone="efficientnet_lite0", num_classes=3, image_size=64, data=data)
 
 
-def export_variants(run: Path, root: Path) -> tuple[dict[str, Path], dict[str, float]]:
+def export_variants(run: Path, root: Path) -> tuple[dict[str, Path], dict[str, float], dict[str, Any]]:
+    """Each variant's INT8 file, export seconds, and how many nodes its guard kept float (each export's guard
+    chooses for itself: a file with more float nodes is slower for that reason, not for its input)."""
     from edgetl.export import export_run
 
-    files, seconds = {}, {}
+    files, seconds, kept = {}, {}, {}
     for name, (input_type, output_type) in VARIANTS.items():
         started = time.perf_counter()
         result = export_run(run, formats=["onnx"], precisions=["int8"], out=root / input_type / output_type,
                             input_type=input_type, output_type=output_type, replace=True)
         seconds[name] = time.perf_counter() - started
         files[name] = next(result.out_dir / a.file for a in result.artifacts if a.precision == "int8")
-    return files, seconds
+        entry = next(a for a in result.manifest.artifacts if a.precision == "int8")
+        kept[name] = (entry.quantization or {}).get("guard", {}).get("excluded_nodes")
+    return files, seconds, kept
 
 
 def main() -> None:
@@ -76,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-device-") as tmp, common.others_load() as load:
         root = Path(tmp)
         run = tiny_run(root / "run") if args.run is None else args.run
-        files, export_s = export_variants(run, root / "export")
+        files, export_s, kept_float = export_variants(run, root / "export")
         prep = Preprocessing.from_dict(common.json.loads(RunDir(run).preprocessing.read_text()))
         crop = prep.crop_size
         image = np.random.default_rng(0).integers(0, 256, (1, crop, crop, 3), dtype=np.uint8)
@@ -99,7 +103,7 @@ def main() -> None:
         ms = np.asarray(p50[name])
         outside = host.p50_ms if VARIANTS[name][0] == "float" else 0.0
         results.append({"file": name, "input": VARIANTS[name][0], "output": VARIANTS[name][1],
-                        "bytes": sizes[name], "export_s": export_s[name],
+                        "bytes": sizes[name], "export_s": export_s[name], "nodes_kept_float": kept_float[name],
                         "p50_ms_rounds": ms.tolist(), "p50_ms": float(np.median(ms)),
                         "ratio_to_baseline_rounds": (ms / base).tolist(),
                         "ratio_to_baseline": float(np.median(ms / base)),
@@ -107,13 +111,16 @@ def main() -> None:
                         "device_preprocessing_ms": outside, "end_to_end_p50_ms": float(np.median(ms)) + outside})
     rows = [(r["file"], f"{r['p50_ms']:.3f}", f"{r['ratio_to_baseline']:.3f}×",
              f"{r['rounds_at_most_baseline']}/{rounds}", f"{r['device_preprocessing_ms']:.3f}",
-             f"{r['end_to_end_p50_ms']:.3f}", f"{r['bytes'] / 2**20:.2f}") for r in results]
+             f"{r['end_to_end_p50_ms']:.3f}", f"{r['bytes'] / 2**20:.2f}",
+             len(r["nodes_kept_float"] or [])) for r in results]
     common.console.print(common.table(
         f"INT8 ONNX by input type · {prep.crop_size} px · batch 1 · {args.threads} threads",
-        ["file", "p50 ms", "/ baseline", "rounds ≤ baseline", "device prep ms", "end to end ms", "MiB"], rows,
+        ["file", "p50 ms", "/ baseline", "rounds ≤ baseline", "device prep ms", "end to end ms", "MiB", "nodes float"],
+        rows,
         caption=f"p50: the median of {rounds} rounds' p50s (verify's timing); / baseline: the median of the rounds' "
                 f"ratios. device prep: numpy uint8 HWC -> normalized float CHW, which a float-input file needs "
-                f"outside it."))
+                f"outside it. nodes float: what each export's INT8 guard kept float (the uint8 input's own "
+                f"Transpose/Cast/Mul/Add among them; names in the JSON)."))
     data: dict[str, Any] = {"machine": common.fingerprint(), "environment": common.environment(), "mode": mode,
                             "run": None if args.run is None else str(args.run), "crop_size": crop,
                             "threads": args.threads, "rounds": rounds, "busy_before": before, "others_load": load,
