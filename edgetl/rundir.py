@@ -29,6 +29,8 @@ from edgetl.version import __version__
 
 SCHEMA_VERSION = 1
 STAGES = ("train", "export", "verify")
+MANIFEST_NAME = "manifest.json"  # export's last write, in the export folder
+REPORT_NAME = "verify.json"  # verify's report: in the run, or beside an export written elsewhere
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class RunDir:
     train_json = property(lambda self: self.root / "train.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     export_dir = property(lambda self: self.export if self.export is not None else self.root / "export")
-    manifest = property(lambda self: self.export_dir / "manifest.json")
+    manifest = property(lambda self: self.export_dir / MANIFEST_NAME)
     card = property(lambda self: self.export_dir / "MODEL_CARD.md")
-    verify_json = property(lambda self: self.root / "verify.json")
+    verify_json = property(lambda self: self.root / REPORT_NAME)
 
     @property
     def own_export(self) -> bool:
@@ -68,7 +70,7 @@ class RunDir:
     @property
     def report(self) -> Path:
         """Where verify writes its report by default: RUN/verify.json, or beside an export written elsewhere."""
-        return self.verify_json if self.own_export else self.export_dir / "verify.json"
+        return self.verify_json if self.own_export else self.export_dir / REPORT_NAME
 
     def checkpoint(self, name: str) -> Path:
         """`best` / `last` (or a file name) -> its path under checkpoints/."""
@@ -390,7 +392,7 @@ class VerifyReport(_Versioned):
 M = TypeVar("M", bound=_Schema)
 
 # The stage that writes each run file (by name; every other file is train's): what to re-run when it is damaged.
-WRITTEN_BY = {"manifest.json": "export", "verify.json": "verify"}
+WRITTEN_BY = {MANIFEST_NAME: "export", REPORT_NAME: "verify"}
 
 
 def damaged(path: Path | str, reason: str, *, stage: str | None = None,

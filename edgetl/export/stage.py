@@ -48,7 +48,7 @@ RANDOM_INPUTS = 2
 # Per unit of logit scale (max |logit|, at least 1): in fp32 the *checkpoint itself* is 2.6e-4 off a float64
 # reference on efficientnet_b0's logits of ~18, so a flat 1e-4 would fail on rounding, not on folding.
 FOLD_ATOL = 1e-4
-MANIFEST = "manifest.json"
+MANIFEST = rundir.MANIFEST_NAME
 MAX_BATCH = 256  # a fixed batch is traced with that many images: beyond this, gigabytes for nothing a device uses
 
 
@@ -99,15 +99,15 @@ def _check_outside_data(out: Path, run_dir: Path) -> None:
                           f"data — pass --out a folder outside it")
 
 
-REPORT = "verify.json"  # `edgetl verify RUN --export DIR` writes its report beside an export made with --out
-
-
 def _is_report(path: Path) -> bool:
+    """A verify report edgetl wrote: `edgetl verify RUN --export DIR` leaves one beside an export made with --out."""
+    if not path.is_file():
+        return False
     try:
         rundir.read_verify_report(path)
     except RunDirError:
         return False
-    return path.is_file()
+    return True
 
 
 def _check_replaceable(out: Path) -> None:
@@ -128,7 +128,7 @@ def _check_replaceable(out: Path) -> None:
     except RunDirError as e:
         raise EdgetlError(f"{out} is not a readable edgetl export ({e}) — {fix}") from None
     # A listed name that is a folder or a link is not a file edgetl wrote: keep.txt inside "model.onnx/" is the user's.
-    foreign = sorted((entries - listed - {MANIFEST} - ({REPORT} if _is_report(out / REPORT) else set()))
+    foreign = sorted((entries - listed - {MANIFEST} - ({rundir.REPORT_NAME} if _is_report(out / rundir.REPORT_NAME) else set()))
                      | {name for name in entries if (out / name).is_symlink() or not (out / name).is_file()})
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")

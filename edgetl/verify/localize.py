@@ -22,8 +22,8 @@ Run only when a bar failed, on a few inputs. Two steps:
    wrong; one that matches its weights without their LoRA update is a merge that did not happen; a node that
    edgetl's portable rewrite made is that rewrite; anything else is the fp32 file itself.
 
-The deploy model is not rebuilt here (folding is export's code, and the stages do not import each other): the
-fold and the merge are judged from the file's own nodes, as above.
+The deploy model is not rebuilt here: a rebuilt one shows what a right fold gives, not which fold the file got, so
+the fold and the merge are judged from the file's own nodes, as above.
 """
 
 from __future__ import annotations

@@ -200,10 +200,10 @@ def read_manifest(run: RunDir) -> Manifest:
     return rundir.read_manifest(run.manifest)
 
 
-CHECKPOINT_NAMES = ("best", "last")
+CHECKPOINT_NAMES = ("best", "last")  # what a manifest's run.checkpoint may name: a file of the run's own
 # What an export folder may hold besides its listed files: its manifest; verify's report and lock when the export
 # was written elsewhere (`edgetl verify RUN --export DIR` writes them there).
-BOOKKEEPING = frozenset({"manifest.json", "verify.json", LOCK_NAME})  # what a manifest's run.checkpoint may name: a file of the run's own
+BOOKKEEPING = frozenset({rundir.MANIFEST_NAME, rundir.REPORT_NAME, LOCK_NAME})
 
 
 def check_integrity(export_dir: Path, manifest: Manifest, gate: Gate) -> None:
