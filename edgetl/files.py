@@ -164,15 +164,36 @@ def remove_stale_temp_dirs(beside: Path, *, prefix: str) -> list[Path]:
     could remove them (kill -9, a power cut); return them. Call it only while holding the folder's lock
     (`locked`): then no live process is writing into one. Names are matched exactly (the prefix and mkdtemp's
     eight characters), so no folder of the user's is ever taken for one."""
+    stale = stale_temp_dirs(beside, prefix=prefix)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def remove_stale_temp_files(target: Path) -> list[Path]:
+    """Remove the temp files `atomic_path(target)` made for a writer that was killed before its rename (a
+    checkpoint's is as big as the checkpoint); return them. Only while holding the folder's lock, as
+    `remove_stale_temp_dirs`; names are matched exactly (mkstemp's eight characters)."""
+    pattern = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    stale = [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def stale_temp_dirs(beside: Path, *, prefix: str) -> list[Path]:
+    """The folders `make_temp_dir(beside, prefix=prefix)` made, oldest first (see `remove_stale_temp_dirs`)."""
     pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
     try:
         entries = list(os.scandir(beside.parent))
     except OSError:
         return []  # the caller's own mkdir or write says why
-    stale = [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
+    found = [e for e in entries if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    return [Path(e.path) for e in sorted(found, key=lambda e: e.stat(follow_symlinks=False).st_mtime)]
 
 
 def folder_problem(folder: Path, e: OSError) -> str:

@@ -148,6 +148,19 @@ def test_sigterm_mid_export_exits_130_and_leaves_no_temp_folder(finished_run, tm
     assert {p.name for p in (run / "export").iterdir()} == before  # the previous export as it was
 
 
+def test_an_export_stopped_between_its_renames_gets_its_previous_export_back(finished_run, tmp_path):
+    run = Path(shutil.copytree(finished_run[0], tmp_path / "run"))
+    shipped = {p.name: p.read_bytes() for p in (run / "export").iterdir() if p.is_file()}
+    left = run / "export.old-k9ll3d0_"  # what a kill between _swap_in's renames leaves: no export/, the old one here
+    left.mkdir()
+    (run / "export").rename(left / "export")
+    result = runner.invoke(app, ["export", str(run), "-f", "torchscript"])
+    assert result.exit_code == 0, result.output
+    assert sorted(glob.glob(f"{run}/export*")) == [str(run / "export")]  # put back, then swapped; nothing left over
+    listed = {a["file"] for a in json.loads((run / "export" / "manifest.json").read_text())["artifacts"]}
+    assert "model.onnx" in listed and (run / "export" / "model.onnx").read_bytes() == shipped["model.onnx"]
+
+
 # --- the size guard --------------------------------------------------------------------------------------------
 
 @pytest.fixture

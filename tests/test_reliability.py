@@ -250,6 +250,17 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint
     assert load_checkpoint(path)["model"]["w"].tolist() == [1.0] * 4
 
 
+def test_a_killed_checkpoint_writes_temp_file_goes_with_the_next_write(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
+    killed = path.parent / ".last.pt.k9ll3d0_.tmp"  # what a kill -9 during torch.save leaves: mkstemp's name
+    killed.write_bytes(b"half a checkpoint")
+    mine = path.parent / ".last.pt.notes.tmp"  # not mkstemp's pattern: someone's file, kept
+    mine.write_text("mine")
+    save_checkpoint(path, {"model": {"w": torch.ones(4)}, "backbone": "x"})
+    assert sorted(p.name for p in path.parent.iterdir()) == [mine.name, path.name]
+
+
 def test_writing_under_a_file_names_that_file(tmp_path):
     (tmp_path / "notes").write_text("mine")
     with pytest.raises(EdgetlError) as e:

@@ -1,4 +1,5 @@
-"""Golden vectors written with an export: a few real val crops as uint8 arrays and each file's output on them.
+"""Golden vectors written with an export: a few real held-out crops (the test split's, else val's) as uint8 arrays
+and each file's output on them.
 
     golden = write_golden(folder, artifacts, crops, meta=meta)   # -> the manifest's `golden`, files in `folder`
 

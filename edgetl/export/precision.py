@@ -125,14 +125,14 @@ def _guarded_int8(fmt_name: str, prepared: Any, fp32: Path, out: Path, folder: P
     suffix = "".join(fp32.suffixes)
     rounds: list[dict[str, Any]] = []
     activations, timed = _activations(fmt_name, prepared, folder, calibration=calibration, plan=plan)
-    ends = derivation.ends(prepared)
+    ends, wrapper = derivation.ends(prepared), derivation.wrapper(prepared)
     cap = max(2, int(MAX_FLOAT_FRACTION * derivation.size(prepared)))
-    excluded: list[str] = list(ends) if derivation.ends_float_from_start else []
+    excluded: list[str] = list(ends) if derivation.ends_float_from_start else []  # the model's layers kept float
     ranked: list[str] | None = None
     for round_ in range(GUARD_ROUNDS + 1):
         path = folder / f"round{round_}{suffix}"
-        settings = derivation.make(prepared, path, calibration=calibration, method=plan.method, exclude=excluded,
-                                   activations=activations)
+        settings = derivation.make(prepared, path, calibration=calibration, method=plan.method,
+                                   exclude=wrapper + excluded, activations=activations)
         rounds.append({**_judge(fmt_name, fp32, path, held_out, "int8"), "excluded_nodes": list(excluded),
                        "file": path, "settings": settings})
         if rounds[-1]["passed"] is not False or round_ == GUARD_ROUNDS:
@@ -140,7 +140,7 @@ def _guarded_int8(fmt_name: str, prepared: Any, fp32: Path, out: Path, folder: P
         if ranked is None:  # the per-layer errors of the first attempt, worst first
             noisiest = derivation.noisiest
             ranked = [] if noisiest is None else [n for n in noisiest(prepared, path, calibration[:DEBUG_IMAGES])
-                                                  if n not in ends]
+                                                  if n not in ends and n not in wrapper]
         missing_ends = [n for n in ends if n not in excluded]
         more = missing_ends or [n for n in ranked if n not in excluded][:GUARD_STEP]
         if not more or len(excluded) + len(more) > cap:
@@ -158,10 +158,10 @@ def _guarded_int8(fmt_name: str, prepared: Any, fp32: Path, out: Path, folder: P
     if chosen["passed"] is False:
         log.warning("int8 guard: a bar still fails (%s, the best of %d rounds kept); verify will say don't ship",
                     chosen["why"], len(rounds))
-    settings["excluded_nodes"] = chosen["excluded_nodes"]
+    settings["excluded_nodes"] = wrapper + chosen["excluded_nodes"]  # what the file keeps float, all of it
     return {**settings, "activations_p50_ms": timed,
             "guard": {"passed": chosen["passed"], "kept_round": rounds.index(chosen), "excluded_nodes":
-                      chosen["excluded_nodes"], "rounds": rounds}}
+                      chosen["excluded_nodes"], "wrapper_nodes": wrapper, "rounds": rounds}}
 
 
 def _activations(fmt_name: str, prepared: Any, folder: Path, *, calibration: np.ndarray,

@@ -139,11 +139,12 @@ def _check_replaceable(out: Path) -> None:
 def _swap_in(new: Path, out: Path) -> None:
     """Replace `out` with the folder `new` by renames on one file system; the old export goes only at the end.
 
-    Between the two renames `out` is briefly absent; a crash there leaves the old export as `<out>.old-*`.
+    Between the two renames `out` is briefly absent; a crash there leaves the old export in `<out>.old-*/`, and
+    the next export puts it back first (`_restore_interrupted_swap`).
     """
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=OLD_PREFIX.format(name=out.name), dir=out.parent))
         out.rename(old / out.name)
     try:
         new.rename(out)
@@ -153,6 +154,23 @@ def _swap_in(new: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+OLD_PREFIX = "{name}.old-"  # where `_swap_in` holds the previous export until the new one is in place
+
+
+def _restore_interrupted_swap(out: Path) -> None:
+    """A crash between `_swap_in`'s two renames leaves no `out` and the previous export in `<out>.old-*/`: put the
+    newest back, so the next export builds on it and nothing shipped is lost. Under the run's lock (no swap is
+    under way); the other leftovers go with the stale-folder sweep."""
+    if out.exists() or out.is_symlink():
+        return
+    left = [d / out.name for d in files.stale_temp_dirs(out, prefix=OLD_PREFIX.format(name=out.name))]
+    left = [d for d in left if d.is_dir() and not d.is_symlink()]
+    if left:
+        left[-1].rename(out)
+        log.warning("put the previous export back in %s: an export stopped between its two renames had left it in "
+                    "%s", out, left[-1].parent.name)
 
 
 def _previous_manifest(out: Path) -> Manifest | None:
@@ -277,6 +295,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
     model, ckpt = load_run(run_dir, checkpoint=checkpoint)
     pinned = files.sha256_file(RunDir(run_dir).checkpoint(checkpoint))  # verify trusts this checkpoint only
     _check_outside_data(out, run_dir)
+    _restore_interrupted_swap(out)
     _check_replaceable(out)
     previous = None if replace else _previous_manifest(out)
     try:  # before the slow work: an --out under a file, or on a read-only disk, is a usage error
@@ -306,8 +325,8 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
 
     try:  # a killed export's leftovers first (under the run's lock: nobody else writes them)
         files.remove_stale_temp_dirs(out, prefix=f"{out.name}.tmp-")
-        if out.is_dir():  # the swap finished (else the previous export waits in <out>.old-*/ for a person)
-            files.remove_stale_temp_dirs(out, prefix=f"{out.name}.old-")
+        if out.is_dir():  # the swap finished, or the previous export is back (else it waits in <out>.old-*/)
+            files.remove_stale_temp_dirs(out, prefix=OLD_PREFIX.format(name=out.name))
         tmp = files.make_temp_dir(out, prefix=f"{out.name}.tmp-")
     except OSError as e:
         raise EdgetlError(f"cannot write into {out.parent}: {files.folder_problem(out.parent, e)} — pass --out a "
@@ -328,7 +347,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
             artifacts += kept
             manifest = build_manifest(ckpt=ckpt, checkpoint=checkpoint, meta=meta, report=report, macs=macs,
                                       artifacts=artifacts, checkpoint_sha256=pinned)
-        with _step("golden vectors", out):  # real val crops, as the device holds them, and each file's output
+        with _step("golden vectors", out):  # real held-out crops, as the device holds them, and each file's output
             real = inputs.x[:int(inputs.info.get("images", 0))][:GOLDEN_IMAGES]
             manifest.golden = write_golden(tmp, artifacts, to_device_input(real, mean=prep.mean, std=prep.std),
                                            meta=meta)

@@ -140,6 +140,9 @@ no slower float), then the `noisiest` layers of a failed attempt, at most a shar
     make: Callable[..., dict[str, Any]]
     prepare: Callable[[Source, Path], Any] = field(default=lambda source, folder: source)
     ends: Callable[[Any], list[str]] = field(default=lambda prepared: [])
+    # a device file's own float ops around the model (its image's cast and normalization, a softmax): float in
+    # every attempt, and neither counted nor capped as layers kept float
+    wrapper: Callable[[Any], list[str]] = field(default=lambda prepared: [])
     ends_float_from_start: bool = False
     size: Callable[[Any], int] = field(default=lambda prepared: 0)
     # (prepared, failed attempt, images) -> layer names, noisiest first; None: the format cannot rank them

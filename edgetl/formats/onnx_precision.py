@@ -6,8 +6,8 @@
 INT8 is static post-training quantization: `quant_pre_process` (shape inference and graph fusions), then
 `quantize_static` in QDQ form, weights int8 per output channel, activations uint8 (or int8: on a 2-core AVX-512
 VNNI CPU uint8 ran ResNet-18 3.2x and Lite0 1.6x faster than fp32, where int8 activations were slower than fp32),
-the stem and classifier float (`boundary_nodes`); then the int8 conv weights are re-rounded to keep each layer's
-output close to fp32 (`edgetl.formats.onnx_rounding`). `reduce_range` is off (it exists for CPUs without VNNI and
+the stem and classifier float (`boundary_nodes`; a device file's image and softmax ops too, `wrapper_nodes`);
+then the int8 conv weights are re-rounded to keep each layer's output close to fp32 (`edgetl.formats.onnx_rounding`). `reduce_range` is off (it exists for CPUs without VNNI and
 costs accuracy).
 fp16 keeps fp32 inputs and outputs, so a device feeds the same tensor; it is for GPUs and NPUs, and a CPU
 usually runs it slower (verify reports it). Both files keep the fp32 file's metadata (labels, preprocessing).
@@ -146,27 +146,38 @@ def node_errors(pre: Path, int8: Path, x: np.ndarray) -> list[tuple[str, float]]
 
 def boundary_nodes(pre: Path) -> list[str]:
     """The layers that stay float from the first INT8 attempt: the stem conv (and the depthwise conv right after
-    it, where there is one), the last matmul / classifier and a softmax after it. Post-training quantization hurts
-    CNNs most there (the raw-pixel input range, the logits), and on this CPU they run no slower float: on a Lite0
-    fine-tuned on ants/bees, stem + first depthwise float ran 1.66x fp32 where all-int8 ran 1.56x; on flowers,
-    top-1 agreement with fp32 rose 93.8 % -> 96.5 % at the same accuracy."""
+    it, where there is one) and the last matmul / classifier. Post-training quantization hurts CNNs most there
+    (the raw-pixel input range, the logits), and on this CPU they run no slower float: on a Lite0 fine-tuned on
+    ants/bees, stem + first depthwise float ran 1.66x fp32 where all-int8 ran 1.56x; on flowers, top-1 agreement
+    with fp32 rose 93.8 % -> 96.5 % at the same accuracy."""
+    nodes, convs, depthwise = _graph_layers(pre)
+    stem = [c.name for c in convs[:2] if c is convs[0] or depthwise(c)]
+    heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    return stem + heads[-1:]
+
+
+def wrapper_nodes(pre: Path) -> list[str]:
+    """A device file's own float ops around the model, float in every attempt and not layers of it: the image's
+    cast, normalization and layout before the first conv (cheaper float than quantizing the image and
+    requantizing it) and a probabilities file's softmax (uint8 steps of 1/255 are too coarse for probabilities
+    that sum to 1)."""
+    nodes, convs, _ = _graph_layers(pre)
+    before = [n.name for n in nodes[:nodes.index(convs[0])]] if convs else []
+    return before + [n.name for n in nodes if n.op_type == "Softmax"]
+
+
+def _graph_layers(pre: Path):
     import onnx
 
     graph = onnx.load(str(pre), load_external_data=False).graph
-    nodes = list(graph.node)
     weights = {i.name: i for i in graph.initializer}
-    convs = [n for n in nodes if n.op_type == "Conv"]
-    heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
 
     def depthwise(node) -> bool:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         return group > 1 and node.input[1] in weights and weights[node.input[1]].dims[1] == 1
 
-    before = [n.name for n in nodes[:nodes.index(convs[0])]] if convs else []  # a device-input file's
-    # cast, normalization and layout: float ops on the image, cheaper than quantizing it and requantizing
-    stem = before + [c.name for c in convs[:2] if c is convs[0] or depthwise(c)]
-    softmax = [n.name for n in nodes if n.op_type == "Softmax"]  # a probabilities file's: uint8 steps of 1/255 are
-    return stem + heads[-1:] + softmax                          # too coarse for probabilities that sum to 1
+    nodes = list(graph.node)
+    return nodes, [n for n in nodes if n.op_type == "Conv"], depthwise
 
 
 def node_count(pre: Path) -> int:
@@ -232,5 +243,6 @@ def _fp16(source: Source, out: Path) -> dict[str, Any]:
 
 
 INT8 = Derivation(make=_quantize, prepare=_prepare, ends=lambda p: boundary_nodes(p.pre), ends_float_from_start=True,
+                  wrapper=lambda p: wrapper_nodes(p.pre),
                   size=lambda p: node_count(p.pre), noisiest=_noisiest, activations=("uint8", "int8"))
 FP16 = Derivation(make=_fp16)

@@ -21,7 +21,7 @@ from torch import nn
 
 from edgetl.backbones import create_model, get_backbone
 from edgetl.errors import BackboneError, CheckpointError, RunDirError, first_line
-from edgetl.files import atomic_path
+from edgetl.files import atomic_path, remove_stale_temp_files
 from edgetl.model.weights import state_dict_mismatch
 from edgetl.recipe import HeadSection
 from edgetl.rundir import SCHEMA_VERSION, CheckpointMeta, damaged, read_checkpoint_meta
@@ -29,6 +29,8 @@ from edgetl.version import __version__
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (under the run's lock); a killed earlier write's temp file goes first."""
+    remove_stale_temp_files(Path(path))
     with atomic_path(path) as tmp:
         try:
             torch.save({**state, "schema_version": SCHEMA_VERSION, "edgetl_version": __version__}, tmp)

@@ -71,6 +71,22 @@ def test_every_file_takes_uint8_nhwc_crops_and_gives_probabilities(device_run):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
 
 
+def test_the_int8_guard_counts_the_models_layers_not_the_device_files_own_float_ops(device_run):
+    from edgetl.cli.tables import _guard
+
+    manifest = json.loads((device_run / "export" / "manifest.json").read_text())
+    quantization = next(a for a in manifest["artifacts"] if a["file"] == "model.int8.onnx")["quantization"]
+    guard = quantization["guard"]
+    softmax = [n.name for n in onnx.load(str(device_run / "export" / "model.int8.onnx")).graph.node
+               if n.op_type == "Softmax"]
+    assert softmax and set(softmax) <= set(guard["wrapper_nodes"])  # the image's float ops and the softmax
+    assert not set(guard["wrapper_nodes"]) & set(guard["excluded_nodes"])
+    assert quantization["excluded_nodes"] == guard["wrapper_nodes"] + guard["excluded_nodes"]  # all the file keeps
+    if guard["passed"] and guard["kept_round"] == 0:  # the first round keeps the stem and classifier float, only
+        assert len(guard["excluded_nodes"]) <= 3
+    assert _guard(quantization).endswith(f", {len(guard['excluded_nodes'])} node(s) float")
+
+
 def test_the_fp32_device_file_matches_the_checkpoint_fed_the_same_crops(device_run):
     from edgetl.model.checkpoint import load_model
 
