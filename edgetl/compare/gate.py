@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 class Bars:
     min_top1: float  # fraction of inputs whose top-1 class must agree with the reference
     atol: float | None = None  # max |artifact - reference| over every logit
-    rtol: float | None = None  # max |artifact - reference| per row, relative to the row's largest |logit|
+    rtol: float | None = None  # max |artifact - reference| per row, relative to the row's largest |logit| (at
+    # least the median row's: a near tie's own logits are near zero)
     max_accuracy_drop: float | None = None  # reference accuracy - artifact accuracy on labelled images
 
 

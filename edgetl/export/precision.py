@@ -8,10 +8,11 @@ tools; ExecuTorch and LiteRT quantize the deploy model with PT2E and convert it 
 the same way. INT8 calibrates on a seeded draw of train-split images, preprocessed exactly as the device does
 (the same draw for every format). The accuracy guard then compares the INT8 file with the fp32 file of its
 format on the run's held-out images (its test split when it has one, else its val split), against verify's int8
-bars (top-1 agreement, accuracy drop): the same images and bars as verify, so the two print one verdict. While a bar fails, the model's ends (already float from the first attempt
-where the format measured them no slower float), then the layers whose own quantization is noisiest (where the
-format can rank them: onnxruntime's QDQ debugging helpers) stay float and the file is quantized again, until the
-bars hold or the rounds run out.
+bars (top-1 agreement, accuracy drop, max diff / logit scale): the same images and bars as verify, so the two
+print one verdict. While a bar fails, the model's ends (already float from the first attempt where the format
+measured them no slower float), then the layers whose own quantization is noisiest (where the format can rank
+them: onnxruntime's QDQ debugging helpers) stay float and the file is quantized again, until the bars hold or the
+rounds run out.
 What was excluded, and the figures of every round, go into the manifest.
 """
 
@@ -231,6 +232,8 @@ def _judge(fmt_name: str, fp32: Path, candidate: Path, held_out: Inputs, precisi
     if bars.max_accuracy_drop is not None and drop > bars.max_accuracy_drop:
         failing.append(f"accuracy drop {100 * drop:.1f} pt > {100 * bars.max_accuracy_drop:.0f} pt on {images} "
                        f"({100 * figures['accuracy']:.1f} % vs {100 * figures['reference_accuracy']:.1f} %)")
+    if bars.rtol is not None and figures["max_rel_diff"] > bars.rtol:
+        failing.append(f"max diff / logit scale {figures['max_rel_diff']:.3g} > {bars.rtol:g} on {images}")
     return {"passed": not failing, "accuracy_drop": drop, "why": "; ".join(failing) or "bars hold",
             "images": int(len(x)), "split": split,
             "top1_agreement": figures["top1_agreement"], "accuracy": figures["accuracy"],

@@ -48,11 +48,21 @@ def test_parity_figures_on_known_logits():
     out = ref + np.array([[0.0, 0.5, 0.0], [2.5, 0.0, 0.0]], dtype=np.float32)  # row 1's top-1 flips
     f = compare_logits(ref, out, targets=np.array([0, -1]))
     assert f["max_abs_diff"] == 2.5 and f["mean_abs_diff"] == pytest.approx(3 / 6)
-    assert f["max_rel_diff"] == pytest.approx(2.5 / 2)  # relative to the row's largest |logit|
+    assert f["max_rel_diff"] == pytest.approx(2.5 / 3)  # row 1's largest |logit| (2) is under the median row's (3)
     assert f["top1_agreement"] == 0.5
     assert f["accuracy"] == 1.0 and f["reference_accuracy"] == 1.0  # only row 0 is labelled
     # with 5 classes or fewer every class is in the top 5: overlap and top-5 accuracy would be 100 % by definition
     assert f["top5_overlap"] is None and f["top5_accuracy"] is None and f["reference_top5_accuracy"] is None
+
+
+def test_a_near_tie_is_judged_at_the_sets_logit_scale_and_scaled_logits_still_fail():
+    # a 2-class model: confident rows at +-2, one near tie at +-0.01 that INT8 rounding moves by 0.05
+    ref = np.array([[2.0, -2.0], [-1.8, 1.8], [2.2, -2.2], [0.01, -0.01]], dtype=np.float32)
+    rounded = ref + np.array([[0.05, -0.05], [0.04, -0.04], [-0.03, 0.03], [0.05, -0.05]], dtype=np.float32)
+    # the near tie is measured against the median row's largest |logit| (1.9), not its own 0.01 (old: 5.0)
+    assert compare_logits(ref, rounded, targets=np.full(4, -1))["max_rel_diff"] == pytest.approx(0.05 / 1.9)
+    doubled = compare_logits(ref, 2 * ref, targets=np.full(4, -1))  # every class survives, the values do not
+    assert doubled["top1_agreement"] == 1.0 and doubled["max_rel_diff"] == pytest.approx(1.0)
 
 
 def test_top5_figures_count_where_there_are_more_than_5_classes():

@@ -142,6 +142,17 @@ def test_the_guard_acts_on_every_bar_so_export_and_verify_agree(straight, tmp_pa
     assert "top-1 agreement" in guard["rounds"][0]["why"]
 
 
+def test_the_guard_holds_the_value_bar_too_as_verify_does(straight, tmp_path, monkeypatch):
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    # only the values bar fails: any INT8 rounding moves the logits by more than 1e-9 of their scale
+    monkeypatch.setitem(precision_module.BARS, "int8", Bars(min_top1=0.0, rtol=1e-9, max_accuracy_drop=1.0))
+    monkeypatch.setattr(precision_module, "GUARD_ROUNDS", 0)
+    result = export_run(run, formats=["onnx"], precisions=["int8"], plan=PLAN)
+    guard = result.artifacts[1].quantization["guard"]
+    assert guard["passed"] is False and guard["rounds"][0]["why"].startswith("max diff / logit scale ")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--format", "torchscript", "--precision", "int8"], "--precision int8 is made by onnx, executorch, litert, not by torchscript"),
     (["--precision", "int4"], "int4"),
