@@ -240,6 +240,14 @@ def _out_locked(run_dir: Path, out: Path | None) -> contextlib.AbstractContextMa
     return files.locked(parent, name=f".{Path(out).name}{files.LOCK_NAME}")
 
 
+def _verify_lock(run: RunDir) -> contextlib.AbstractContextManager:
+    """The lock export holds while it writes the export verify writes beside: the run's for its own export (or one
+    inside the run), else the one `_out_locked` takes for that --out folder."""
+    if run.own_export or run.export_dir.resolve().parent == run.root.resolve():
+        return files.locked(run.root)
+    return _out_locked(run.root, run.export_dir)
+
+
 def check_json_target(json_path: Path | None, run_dir: Path) -> None:
     """`--json` may replace a verify report, never a run's other files or a file of the user's."""
     if json_path is None or files.is_stream(json_path):  # stdout, a device, a FIFO: written into, never replaced
@@ -287,8 +295,7 @@ def verify_stage(run_dir: Path, settings: VerifySettings | None = None, *, json_
     # A report written elsewhere never touches the run, so a read-only run can be verified without its lock; the
     # default report of an export written elsewhere goes beside it, under that folder's lock.
     into = json_path is None or Path(json_path).resolve() == run.report.resolve()
-    lock = run.root if run.own_export else run.export_dir
-    with files.locked(lock) if into else contextlib.nullcontext(), hooks.verifying() as progress:
+    with _verify_lock(run) if into else contextlib.nullcontext(), hooks.verifying() as progress:
         result = verify_run(run_dir, settings, json_path=json_path, export_dir=export_dir, progress=progress)
     hooks.verified(result)
     return result
@@ -433,6 +440,8 @@ def describe(run_dir: Path) -> RunInfo:
     metrics = _readable(run.metrics, rundir.read_metrics, problems) or []
     manifest = _readable(run.manifest, rundir.read_manifest, problems)
     verify = _readable(run.verify_json, rundir.read_verify_report, problems)
+    if verify is not None and manifest is None:
+        verify = None  # the export it checked is gone (or its manifest unreadable, named above): never shown passed
     if verify is not None and manifest is not None:
         if verify.manifest_sha256 is not None and verify.manifest_sha256 != files.sha256_file(run.manifest):
             verify = None  # a report of an earlier export (re-exported since): verify is the next stage

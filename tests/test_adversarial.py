@@ -222,6 +222,29 @@ def test_info_names_each_damaged_file_and_exits_2(finished_copy, file, damage):
     assert "edgetl info" in result.output  # what could be read is still shown
 
 
+def test_a_damaged_export_manifest_is_mended_by_re_exporting_as_verify_says(finished_copy):
+    (finished_copy / "export" / "manifest.json").write_bytes(b"{")
+    told = invoke("verify", finished_copy, *FAST)
+    assert told.exit_code == 2 and one_line(told).endswith("re-run `edgetl export`"), told.output
+    result = invoke("export", finished_copy)
+    assert result.exit_code == 0, result.output
+    assert invoke("verify", finished_copy, *FAST).exit_code == 0
+
+
+def test_export_and_verify_of_an_out_folder_exclude_each_other_and_a_stale_lock_is_not_foreign(finished_copy,
+                                                                                                tmp_path):
+    from edgetl import files
+    from edgetl.pipeline import _out_locked
+
+    out = tmp_path / "ship"
+    assert invoke("export", finished_copy, "--out", out, "-f", "onnx").exit_code == 0
+    with _out_locked(finished_copy, out):  # an export into `out` under way
+        result = invoke("verify", finished_copy, "--export", out, *FAST)
+    assert result.exit_code == 2 and "pid" in one_line(result), result.output
+    (out / files.LOCK_NAME).write_text("12345\n")  # what an older verify's lock left in the folder
+    assert invoke("export", finished_copy, "--out", out, "-f", "onnx").exit_code == 0
+
+
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("command", ["export", "verify", "resume"])
 def test_a_damaged_split_is_one_line_in_every_stage_that_reads_it(finished_copy, damage, command):

@@ -90,6 +90,13 @@ def run_batched(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, ba
     return np.concatenate(out)
 
 
+def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """Every row of `x` through `runner`, PARITY_BATCH rows a call, or exactly the batch its file fixes."""
+    first = runner.inputs[0].shape[0] if runner.inputs else None
+    static = first if isinstance(first, int) and first > 0 else None
+    return run_batched(runner, x, batch=static or PARITY_BATCH, static=static is not None)
+
+
 def accuracy(logits: np.ndarray, targets: np.ndarray) -> float | None:
     """Top-1 accuracy over the rows with a target (>= 0); None when no row has one."""
     labelled = targets >= 0

@@ -30,7 +30,7 @@ import numpy as np
 
 from edgetl import files
 from edgetl.compare.gate import BARS
-from edgetl.compare.parity import PARITY_BATCH, compare_logits, run_batched
+from edgetl.compare.parity import compare_logits, run_all
 from edgetl.data.inputs import JUDGED_IMAGES, Inputs, calibration_images, gather_inputs
 from edgetl.errors import EdgetlError
 from edgetl.export.manifest import Written
@@ -222,8 +222,7 @@ def _judge(fmt_name: str, fp32: Path, candidate: Path, held_out: Inputs, precisi
         return {"passed": None, "why": f"no labelled {split} images to judge on", "images": 0, "split": split,
                 "accuracy_drop": 0.0}
     x, targets = held_out.x[labelled], held_out.targets[labelled]
-    reference = run_batched(load(fp32), x, batch=PARITY_BATCH)
-    figures = compare_logits(reference, run_batched(load(candidate), x, batch=PARITY_BATCH), targets=targets)
+    figures = compare_logits(run_all(load(fp32), x), run_all(load(candidate), x), targets=targets)
     bars = BARS[precision]
     drop = figures["reference_accuracy"] - figures["accuracy"]
     images = f"{len(x)} {split} images"

@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
 
 MODEL = "$model"
 LABELS = $labels
@@ -45,9 +45,26 @@ OUTPUT = "$output"  # probs: the file ends in a softmax; logits: softmax here
 GOLDEN_INPUTS, GOLDEN_OUTPUT, GOLDEN_ATOL = $golden_inputs, $golden_output, $golden_atol
 
 
+def rgb(img):
+    """The photo as edgetl decodes it for training and predict: EXIF orientation applied (phone photos), 16-bit
+    grayscale scaled to 8 bits, palette and transparency composited on white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        a = a / 257 if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255) else \
+            a * 255 if img.mode == "F" and a.max() <= 1 else a
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    return img.convert("RGB")
+
+
 def crop(path):
     """The RGB crop, uint8 [crop, crop, 3]: shorter side to RESIZE_SIZE, then the center square."""
-    img = Image.open(path).convert("RGB")
+    with Image.open(path) as img:
+        img = rgb(img)
     w, h = img.size
     size = (RESIZE_SIZE, int(RESIZE_SIZE * h / w)) if w <= h else (int(RESIZE_SIZE * w / h), RESIZE_SIZE)
     img = img.resize(size, resample=RESAMPLE) if size != (w, h) else img

@@ -110,9 +110,10 @@ def _is_report(path: Path) -> bool:
     return True
 
 
-def _check_replaceable(out: Path) -> None:
+def _check_replaceable(out: Path, *, own: bool = False) -> None:
     """Only an export (or an empty folder) may be replaced wholesale: a folder holding its manifest and the files
-    it lists, nothing else — never a folder of the user's files that merely has a manifest.json in it."""
+    it lists, nothing else — never a folder of the user's files that merely has a manifest.json in it. The run's
+    own export folder (`own`) with a damaged manifest is replaced: verify and info send the user here to do it."""
     if not out.exists():
         return
     fix = "pass --out a new or empty folder"
@@ -126,9 +127,13 @@ def _check_replaceable(out: Path) -> None:
     try:
         listed = {a.file for a in rundir.read_manifest(out / MANIFEST).listed}
     except RunDirError as e:
+        if own:
+            return  # _previous_manifest says it is replaced as a whole
         raise EdgetlError(f"{out} is not a readable edgetl export ({e}) — {fix}") from None
+    # Bookkeeping of edgetl's own beside an export: its verify report, the lock an older verify took in it.
+    ours = {MANIFEST, files.LOCK_NAME} | ({rundir.REPORT_NAME} if _is_report(out / rundir.REPORT_NAME) else set())
     # A listed name that is a folder or a link is not a file edgetl wrote: keep.txt inside "model.onnx/" is the user's.
-    foreign = sorted((entries - listed - {MANIFEST} - ({rundir.REPORT_NAME} if _is_report(out / rundir.REPORT_NAME) else set()))
+    foreign = sorted((entries - listed - ours)
                      | {name for name in entries if (out / name).is_symlink() or not (out / name).is_file()})
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
@@ -296,7 +301,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
     pinned = files.sha256_file(RunDir(run_dir).checkpoint(checkpoint))  # verify trusts this checkpoint only
     _check_outside_data(out, run_dir)
     _restore_interrupted_swap(out)
-    _check_replaceable(out)
+    _check_replaceable(out, own=out == RunDir(run_dir).export_dir)
     previous = None if replace else _previous_manifest(out)
     try:  # before the slow work: an --out under a file, or on a read-only disk, is a usage error
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -350,7 +355,8 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = tuple(DEFAULT_FORMATS)
         with _step("golden vectors", out):  # real held-out crops, as the device holds them, and each file's output
             real = inputs.x[:int(inputs.info.get("images", 0))][:GOLDEN_IMAGES]
             manifest.golden = write_golden(tmp, artifacts, to_device_input(real, mean=prep.mean, std=prep.std),
-                                           meta=meta)
+                                           meta=meta, previous=previous.golden if previous else None,
+                                           previous_dir=out)
         with _step("device snippets", out):
             manifest.snippets = write_snippets(tmp, manifest)
         with _step(CARD, out):  # for a person; verify completes it with its figures

@@ -46,7 +46,7 @@ def _reader(x: np.ndarray, batch: int | None):
     """onnxruntime's calibration reader over float32 NCHW rows (`batch`: the file's fixed batch, if any)."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    size = batch or CALIBRATION_BATCH
+    from edgetl.formats.onnx_rounding import feed_batches
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -57,10 +57,7 @@ def _reader(x: np.ndarray, batch: int | None):
             return next(self.batches, None)
 
         def rewind(self) -> None:
-            parts = [x[i:i + size] for i in range(0, len(x), size)]
-            if batch:  # a fixed batch takes exactly `batch` rows: drop a short tail
-                parts = [p for p in parts if len(p) == batch]
-            self.batches = iter({INPUT_NAME: np.ascontiguousarray(p)} for p in parts)
+            self.batches = iter({INPUT_NAME: p} for p in feed_batches(x, batch, size=CALIBRATION_BATCH))
 
     return Reader()
 

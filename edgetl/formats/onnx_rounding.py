@@ -98,6 +98,16 @@ def _patches(x: np.ndarray, conv: Conv, positions: int, rng: np.random.Generator
     return cols.reshape(c, kh * kw, -1)
 
 
+def feed_batches(x: np.ndarray, fixed: int | None, *, size: int = BATCH) -> list[np.ndarray]:
+    """`x` in the batches a file takes: `size` rows at a time, or exactly `fixed` for a fixed-batch file (a short
+    tail dropped; fewer rows than one batch are repeated to fill it, which leaves ranges and statistics as they are)."""
+    if not fixed:
+        return [np.ascontiguousarray(x[i:i + size]) for i in range(0, len(x), size)]
+    if 0 < len(x) < fixed:
+        x = np.resize(x, (fixed, *x.shape[1:]))
+    return [np.ascontiguousarray(x[i:i + fixed]) for i in range(0, len(x) - fixed + 1, fixed)]
+
+
 def layer_statistics(pre: Path, x: np.ndarray, *, positions: int = POSITIONS, seed: int = 0) -> dict[str, np.ndarray]:
     """H = E[p p^T] over the input patches p of every conv of the fp32 graph `pre` on images `x` (its input):
     [C*k*k, C*k*k] for a dense conv, [C, k*k, k*k] for a depthwise one. Keyed by node name."""
@@ -116,8 +126,9 @@ def layer_statistics(pre: Path, x: np.ndarray, *, positions: int = POSITIONS, se
     rng = np.random.default_rng(seed)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for start in range(0, len(x), BATCH):
-        batch = np.ascontiguousarray(x[start:start + BATCH])  # float32 NCHW, or a device-input file's uint8 NHWC
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    for batch in feed_batches(x, dim.dim_value if dim.HasField("dim_value") else None):  # float32 NCHW, or a
+        # device-input file's uint8 NHWC
         acts = dict(zip(wanted, session.run(wanted, {graph_input: batch}), strict=True))
         acts[graph_input] = batch
         for conv in convs:

@@ -1,7 +1,7 @@
 """Where a file that failed its parity bar first departs from the checkpoint: the stage, then the node.
 
     rows = worst_rows(inputs.x, ref_logits, logits[name])           # the inputs the file got most wrong
-    where = localize(run.root, manifest, artifact, rows, bars=bars, model=model)
+    where = localize(run, manifest, artifact, rows, bars=bars, model=model)
     where.line  # model.onnx departs at the deploy model (fold), node node_conv2d_9 (Conv, output conv2d_9) of ...
 
 Run only when a bar failed, on a few inputs. Two steps:
@@ -101,15 +101,15 @@ def worst_rows(x: np.ndarray, reference: np.ndarray, outputs: np.ndarray, *, n: 
     return np.ascontiguousarray(x[np.sort(np.argsort(-diff, kind="stable")[:n])])
 
 
-def localize(run_dir: Path, manifest: Manifest, artifact: ArtifactEntry, x: np.ndarray, *,
+def localize(run_dir: Path | RunDir, manifest: Manifest, artifact: ArtifactEntry, x: np.ndarray, *,
              bars: Bars | None = None, model: nn.Module | None = None, engine: str | None = None
              ) -> Localization | None:
     """Where `artifact` (run in `engine`, when given) first departs from the checkpoint on `x` (float32 NCHW,
     normalized, a few rows: `worst_rows`); `bars`: the artifact's parity bars (a lossy file's node bar is its
     rtol); `model`: the checkpoint's model, when the caller has it loaded. None when an fp32 file (in onnxruntime
     and in `engine`) holds on `x`; a lossy file always departs a little, so it is named once the stages before
-    it hold."""
-    run = RunDir(run_dir)
+    it hold. `run_dir`: the run, or its RunDir when the export was written elsewhere (`--out`)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     fmt = FORMATS[artifact.format]
     if model is None:
         model, _ = load_model(run.checkpoint(manifest.run.checkpoint))

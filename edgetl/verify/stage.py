@@ -350,7 +350,7 @@ def _localize_failures(run: RunDir, manifest: Manifest, settings: VerifySettings
         if bars is not None and bars.atol is None and real:  # a lossy file is judged on the real images
             x, ref, out = x[:real], ref[:real], out[:real]
         try:
-            where = localize(run.root, manifest, artifact, worst_rows(x, ref, out), bars=bars, model=model,
+            where = localize(run, manifest, artifact, worst_rows(x, ref, out), bars=bars, model=model,
                              engine=engine)
         except Exception as e:  # noqa: BLE001 — failing to localize must not hide the failure it explains
             _warn(report, f"{row}: cannot localize where it departs ({describe_error(e)})")

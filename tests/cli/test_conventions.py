@@ -153,6 +153,32 @@ def test_info_and_verify_json_on_stdout(finished_run, tmp_path):
 
 # --- predict on folders and globs; export keeps what it was not asked for ------------------------------------
 
+def test_a_kept_file_whose_runtime_is_not_installed_here_keeps_its_golden_output(finished_run, tmp_path,
+                                                                                   monkeypatch):
+    from edgetl.formats.base import Format
+
+    run = shutil.copytree(finished_run[0], tmp_path / "run")
+    before = json.loads((run / "export" / "manifest.json").read_text())["golden"]
+    gone = "torchscript"  # as if its extra were not installed on this machine: it cannot be opened here
+
+    def missing(self):
+        return f"--format {self.name} needs its extra" if self.name == gone else None
+
+    def refuse(self, path, **kw):
+        raise AssertionError(f"{gone} opened without its runtime")
+
+    monkeypatch.setattr(Format, "missing", missing)
+    original = Format.open
+    monkeypatch.setattr(Format, "open", lambda self, path, **kw: refuse(self, path) if self.name == gone
+                        else original(self, path, **kw))
+    result = invoke("export", run, "-f", "onnx", "--json", "-")
+    assert result.exit_code == 0, result.output
+    golden = json.loads(result.stdout)["golden"]
+    kept = next(o for o in before["outputs"] if o["of"].endswith(".pt"))
+    assert next(o for o in golden["outputs"] if o["of"] == kept["of"])["sha256"] == kept["sha256"]
+    assert (run / "export" / kept["file"]).is_file()
+
+
 def test_predict_takes_folders_and_quoted_globs(finished_run, tiny):
     run, _ = finished_run
     data, _ = tiny
@@ -206,6 +232,12 @@ def test_info_never_shows_an_edited_or_outdated_verify_report_as_passed(finished
         card.write("edited after verify\n")
     shown = invoke("info", run)
     assert shown.exit_code == 2 and "export/MODEL_CARD.md changed after it was verified" in shown.output
+
+    run = shutil.copytree(finished_run[0], tmp_path / "run3")
+    shutil.rmtree(run / "export")  # the export verify vouched for is gone: its report vouches for nothing
+    shown = invoke("info", run, "--json", "-")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["verify"] is None
+    assert json.loads(shown.stdout)["next_stage"] == "export"
 
 
 def test_under_torchrun_a_bad_flag_is_reported_once_by_rank_0():

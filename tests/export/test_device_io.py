@@ -157,6 +157,9 @@ def test_golden_vectors_reproduce_in_a_plain_onnxruntime_session(device_run):
         expected = np.load(export / entry["file"])
         assert np.abs(got - expected).max() <= entry["atol"]
         assert (got.argmax(1) == expected.argmax(1)).all()
+    # the tolerances the README states: fp32 1e-4, INT8 5 % of the output scale (probabilities: scale 1)
+    atol = {e["of"]: e["atol"] for e in golden["outputs"]}
+    assert atol["model.onnx"] == pytest.approx(1e-4) and atol["model.int8.onnx"] == pytest.approx(0.05)
     assert {e["of"] for e in golden["outputs"]} == {a["file"] for a in manifest["artifacts"]}
 
 
@@ -197,8 +200,11 @@ def test_the_python_snippet_runs_and_reproduces_the_golden_vectors_and_predict(d
     checked = subprocess.run([sys.executable, "device_predict.py", "--golden"], cwd=export, capture_output=True,
                              text=True, timeout=120)
     assert checked.returncode == 0 and "top-1 same" in checked.stdout, checked.stdout + checked.stderr
-    photo = tmp_path / "photo.jpg"
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(photo)
+    photo = tmp_path / "photo.jpg"  # a phone photo: stored sideways, EXIF says rotate 90° (orientation 6)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(photo, exif=exif)
     shown = subprocess.run([sys.executable, "device_predict.py", str(photo)], cwd=export, capture_output=True,
                            text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
@@ -206,6 +212,15 @@ def test_the_python_snippet_runs_and_reproduces_the_golden_vectors_and_predict(d
     first = shown.stdout.split(": ", 1)[1].split(", ")[0]  # "label 0.412"
     label, probability = first.rsplit(" ", 1)
     assert label == row.label and abs(float(probability) - row.probability) < 1e-3
+    # and the very pixels: the snippet's crop is the one edgetl's preprocessing makes (EXIF rotation applied)
+    from edgetl.preprocessing import preprocess_image
+
+    code = "import sys, numpy as np, device_predict as d; np.save(sys.argv[1], d.crop(sys.argv[2]))"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "crop.npy"), str(photo)], cwd=export, check=True,
+                   timeout=120)
+    prep = json.loads((export / "manifest.json").read_text())["preprocessing"]
+    want = to_device_input(preprocess_image(photo, prep)[None], mean=prep["mean"], std=prep["std"])[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "crop.npy"), want)
 
 
 def test_the_cpp_snippet_embeds_the_manifests_numbers(device_run):

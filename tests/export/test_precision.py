@@ -142,6 +142,19 @@ def test_the_guard_acts_on_every_bar_so_export_and_verify_agree(straight, tmp_pa
     assert "top-1 agreement" in guard["rounds"][0]["why"]
 
 
+@pytest.mark.parametrize("batch", [1, 32])  # the device's batch; one larger than the 16 calibration images
+def test_int8_of_a_fixed_batch_file_calibrates_rounds_and_judges_in_that_batch(straight, tmp_path, batch):
+    _, run = straight
+    run = shutil.copytree(run, tmp_path / "run")
+    result = export_run(run, formats=["onnx"], precisions=["fp32", "int8"], plan=PLAN, batch=batch)
+    int8 = result.artifacts[1]
+    graph = onnx.load(str(run / "export" / int8.file)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == batch
+    assert int8.quantization["weight_rounding"]["images"] > 0 and int8.quantization["guard"]["rounds"][0]["images"] > 0
+    result = invoke("verify", run, *FAST)
+    assert result.exit_code == 0, result.output
+
+
 def test_the_guard_holds_the_value_bar_too_as_verify_does(straight, tmp_path, monkeypatch):
     _, run = straight
     run = shutil.copytree(run, tmp_path / "run")

@@ -152,13 +152,9 @@ def test_a_graph_that_changes_only_at_batch_1_fails():
     assert [c.measure for c in gate.failures] == ["batch 1 vs batched max diff"]
 
 
-def test_a_broken_conv_weight_fails_verify_naming_the_stage_and_the_node(exported_both_copy):
-    """When verify fails, it says where: the stage that first departs, then the node (a run with real-magnitude
-    logits: make_run's)."""
+def _break_first_conv(path):
     from onnx import numpy_helper
 
-    run = exported_both_copy
-    path = run / "export" / "model.onnx"
     model = onnx.load(str(path))
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
@@ -166,11 +162,31 @@ def test_a_broken_conv_weight_fails_verify_naming_the_stage_and_the_node(exporte
     broken.flat[0] += 10.0
     weight.CopyFrom(numpy_helper.from_array(broken, weight.name))
     onnx.save_model(model, str(path))
+    return conv
+
+
+def test_a_broken_conv_weight_fails_verify_naming_the_stage_and_the_node(exported_both_copy):
+    """When verify fails, it says where: the stage that first departs, then the node (a run with real-magnitude
+    logits: make_run's)."""
+    run = exported_both_copy
+    conv = _break_first_conv(run / "export" / "model.onnx")
     rehash(run, "model.onnx")
     result = invoke("verify", run, *FAST)
     failed(result, "model.onnx departs at the fp32 file", f"node {conv.name} (Conv")
     where = json.loads((run / "verify.json").read_text())["localization"]["model.onnx"]
     assert where["stage"] == "fp32 file" and conv.name in where["node"]
+
+
+def test_a_broken_export_written_elsewhere_is_localized_in_that_export(exported_both_copy, tmp_path):
+    run, out = exported_both_copy, tmp_path / "ship"
+    shutil.rmtree(run / "export")  # only the --out export exists: nothing to be confused with
+    assert invoke("export", run, "--out", out, "-f", "onnx").exit_code == 0
+    conv = _break_first_conv(out / "model.onnx")
+    rehash(run, "model.onnx", export=out)
+    failed(invoke("verify", run, "--export", out, *FAST), "model.onnx departs at the fp32 file", f"node {conv.name}")
+    report = json.loads((out / "verify.json").read_text())
+    assert report["localization"]["model.onnx"]["file"] == "model.onnx"
+    assert not [w for w in report["warnings"] if "cannot localize" in w]
 
 
 def test_an_export_written_elsewhere_is_verified_against_the_run_and_leaves_it_alone(run, tmp_path):
