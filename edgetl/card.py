@@ -125,17 +125,19 @@ def _summary(run: RunDir, manifest: Manifest, train: TrainSummary | None) -> str
     shown += f", … ({len(labels) - MAX_LISTED_CLASSES} more)" if len(labels) > MAX_LISTED_CLASSES else ""
     source = manifest.run
     i, o = manifest.input, manifest.output
+    chosen = source.checkpoint == "best"
+    figures = train if chosen else None  # train.json's per-class and test figures are best.pt's
     rows = [("task", f"image classification into {len(labels)} classes: {shown}"),
             ("backbone", _code(source.backbone)),
             ("weights fine-tuned from", _code(train.weights) if train else "— (no train.json)"),
             ("exported checkpoint", f"`checkpoints/{source.checkpoint}.pt`"
                                     + (f", epoch {source.epoch}" if source.epoch is not None else "")),
-            ("val accuracy of that checkpoint (it chose it)", pct(source.val_acc)
-             + (top5(train.best_val_top5) + f" on {train.per_class.images} images" if train and train.per_class
-                else "")),
-            *([("test accuracy of that checkpoint (held out)", f"{pct(train.test_acc)}{top5(train.test_top5)} on "
-                                                               f"{train.test_per_class.images} images")]
-              if train and train.test_per_class else []),
+            ("val accuracy of that checkpoint" + (" (it chose it)" if chosen else ""), pct(source.val_acc)
+             + (top5(figures.best_val_top5) + f" on {figures.per_class.images} images"
+                if figures and figures.per_class else "")),
+            *([("test accuracy of that checkpoint (held out)", f"{pct(figures.test_acc)}{top5(figures.test_top5)} "
+                                                               f"on {figures.test_per_class.images} images")]
+              if figures and figures.test_per_class else []),
             ("recipe", f"`{run.recipe.name}`, sha256 `{source.recipe_sha256 or '—'}`"),
             ("parameters, MACs per image", f"{manifest.model.params:,}, "
                                            + (f"{manifest.model.macs:,}" if manifest.model.macs else "—")),

@@ -368,13 +368,23 @@ def _peak_lr(data: dict[str, Any], lr: float) -> None:
         return
     fields = Phase.model_fields
     first = phases[0].get("head_lr", fields["head_lr"].default)
+    if not (_number(first) and first > 0):
+        return  # nothing to scale by: the schema then names the bad rate in one line
+
+    def scaled(value: Any) -> Any:
+        return value * factor if _number(value) else value  # a bad value stays for the schema to name
+
     factor = lr / first
     for phase in phases:
         for name in ("lr", "head_lr"):
-            phase[name] = phase.get(name, fields[name].default) * factor
+            phase[name] = scaled(phase.get(name, fields[name].default))
         phase["head_lr"] = lr if phase is phases[0] else phase["head_lr"]  # exact, not a float product
         if isinstance(phase.get("group_lr"), dict):
-            phase["group_lr"] = {k: v * factor for k, v in phase["group_lr"].items()}
+            phase["group_lr"] = {k: scaled(v) for k, v in phase["group_lr"].items()}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 MAX_EPOCHS_SCALE = 100  # a recipe's epochs times 100 is already far past any fine-tune; beyond is a typo

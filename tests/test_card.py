@@ -77,6 +77,20 @@ def test_the_card_says_what_train_json_and_verify_json_say(finished_run):
     assert "## Intended use" in text and "## Known limits" in text
 
 
+def test_a_card_for_last_pt_never_credits_it_with_best_pts_figures(finished_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    run = shutil.copytree(finished_run[0], tmp_path / "run")
+    result = CliRunner().invoke(app, ["export", str(run), "--checkpoint", "last", "-f", "onnx", "--replace"])
+    assert result.exit_code == 0, result.output
+    summary = section((run / "export" / "MODEL_CARD.md").read_text(), "Summary")
+    assert "`checkpoints/last.pt`" in summary
+    assert "it chose it" not in summary and "test accuracy of that checkpoint" not in summary
+    assert " images" not in next(line for line in summary.splitlines() if "val accuracy of that checkpoint" in line)
+
+
 def test_verify_completes_the_card_again_and_the_manifest_hash_stays_true(finished_run, tmp_path):
     run = Path(shutil.copytree(finished_run[0], tmp_path / "run"))
     card, manifest = run / "export" / "MODEL_CARD.md", run / "export" / "manifest.json"

@@ -253,6 +253,26 @@ def test_resume_of_a_run_with_no_checkpoint_yet_starts_it_afresh(photos, tmp_pat
     assert result.exit_code == 2 and "--resume continues the run as it started; --epochs" in one_line(result)
 
 
+def test_a_resume_keeps_the_files_skipped_at_the_start_and_survives_a_val_image_gone_since(photos, tmp_path):
+    (photos / "train" / "circle" / "bad.jpg").write_text("not an image")  # skipped when the run starts
+    (tmp_path / "r.toml").write_text(ONE_EPOCH)
+    run = tmp_path / "run"
+    train_run(load_recipe(str(tmp_path / "r.toml"), overrides={"data": str(photos)}), run_dir=run, device="cpu")
+    result = runner.invoke(app, ["train", "--resume", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "changed since it started" not in result.output  # nothing changed: the unusable file is not counted
+    summary = json.loads((run / "train.json").read_text())
+    assert [Path(p).name for p, _ in summary["skipped"]] == ["bad.jpg"] and summary["per_class"] is not None
+
+    sorted((photos / "val" / "circle").iterdir())[0].unlink()  # a val photo deleted since best.pt was chosen
+    result = runner.invoke(app, ["train", "--resume", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "no per-class results: the val split has 3 image(s) now, 4 when best.pt was chosen" in result.output
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["per_class"] is None and [Path(p).name for p, _ in summary["skipped"]][0] == "bad.jpg"
+    assert len(summary["skipped"]) == 2
+
+
 # --- one rule of what an image file is, by name --------------------------------------------------------------------
 
 def test_one_rule_decides_what_an_image_file_is(tmp_path):

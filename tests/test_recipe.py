@@ -57,6 +57,14 @@ def test_bad_recipes_give_one_line_per_field(data, message):
     assert all(line.startswith("r.toml: ") for line in str(err.value).splitlines())
 
 
+@pytest.mark.parametrize("value, message", [(0, "Input should be greater than 0"), ("fast", "head_lr")])
+def test_lr_with_a_bad_first_head_rate_names_the_field(value, message):
+    """--lr scales every rate by lr / the first head rate: a zero or non-number rate is the recipe's field error."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe("quickstart", settings=[f"phases.0.head_lr={value}"], lr=1e-3)
+    assert "phases.0.head_lr" in str(err.value) and message in str(err.value)
+
+
 def test_unknown_recipe_name_suggests():
     with pytest.raises(RecipeError, match="did you mean 'quickstart'"):
         load_recipe("quickstrat")

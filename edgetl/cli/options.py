@@ -55,7 +55,7 @@ def _batch_size(value: str | int | None) -> int | None:
 
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name (see `edgetl recipes`) or path to a .toml file (default: quickstart).")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="A folder (train/ + val/ [+ test/, held out], train/ + test/, or class folders), `sample`, or `cifar10`.")]
-SubsetOpt = Annotated[Optional[int], typer.Option("--subset", help="Use only this many training images (torchvision datasets).")]
+SubsetOpt = Annotated[Optional[int], typer.Option("--subset", help="Use only this many training images; val and test shrink to a fifth of that.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="`imagenet`, `none`, or a path to a .pth/.pt/.safetensors state dict.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: artifacts/<time>-<recipe>).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]

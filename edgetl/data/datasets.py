@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from edgetl.data.arrays import NAMED, list_torchvision, torchvision_sets
-from edgetl.data.folders import WORKERS, Entry, check_data_root, list_folder, same_content
+from edgetl.data.folders import WORKERS, Entry, check_data_root, fingerprint, list_folder, same_content
 from edgetl.data.sample import cache_dir, ensure_sample
 from edgetl.errors import DataError
 from edgetl.files import is_utf8, shown_name
@@ -105,6 +105,9 @@ def load_data(spec: str, *, preprocessing: Preprocessing, seed: int = 0, val_fra
         for part, entries in parts.items():
             if part in split:
                 split[part] = [e for e in entries if source.path(e[0]) not in bad]
+        if split.get("fingerprint") and isinstance(source, FileSource):  # of what is listed now, or every resume
+            # would warn that the images changed
+            split["fingerprint"] = fingerprint(source.root, split["train"] + split["val"] + (split.get("test") or []))
     where = str(split["source"])
     _check_usable(classes, sets["train"], sets["val"], where=where)
     test_set = _held_out(classes, sets["test"], where=where) if test else None

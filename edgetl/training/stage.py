@@ -190,9 +190,19 @@ def resume_run(run_dir: Path, *, device: str = "auto", callbacks: Callbacks | No
     check_same_recipe(recipe, ckpt, run=run)
     with distributed.session(select_device(device)) as torch_device:
         prep = prepare_run(recipe, device=torch_device, callbacks=callbacks, split=split)
+        earlier = _skipped_at_start(run)  # a resume replays split.json and does not list the folder again
+        prep.data.skipped = earlier + [s for s in prep.data.skipped if s not in earlier]
         prep.model.load_state_dict(ckpt["model"])
         return _fit(recipe, prep, run=run, callbacks=callbacks, resume=TrainState.from_checkpoint(ckpt),
                     started=started)
+
+
+def _skipped_at_start(run: RunDir) -> list[tuple[str, str]]:
+    """The unusable files data.json lists (the run skipped them when it started); none if it does not read."""
+    try:
+        return [(str(path), str(reason)) for path, reason in rundir.read_json(run.data).get("skipped", [])]
+    except (EdgetlError, AttributeError, TypeError, ValueError):
+        return []
 
 
 def check_same_recipe(recipe: Recipe, ckpt: dict[str, Any], *, run: RunDir) -> None:
@@ -371,10 +381,13 @@ def _fit(recipe: Recipe, prep: Prepared, *, run: RunDir, callbacks: Callbacks, r
 
     best = state.best
     targets = data.val.targets.tolist()
-    figures = per_class(targets, best.predicted, labels=data.classes, top5_hits=best.top5) \
-        if best.predicted is not None else None
+    kept = best.predicted is not None and len(best.predicted) == len(targets)
+    figures = per_class(targets, best.predicted, labels=data.classes, top5_hits=best.top5) if kept else None
     if best.predicted is None:
         log.info("no per-class results: the run was resumed from a checkpoint written before they were kept")
+    elif not kept:
+        log.warning("no per-class results: the val split has %d image(s) now, %d when best.pt was chosen (a file "
+                    "became unreadable since)", len(targets), len(best.predicted))
     test = _test_best(model, data, run=run, weights=best_weights, preprocessing=preprocessing, device=device,
                       batch_size=recipe.batch_size * 2) if data.test is not None else None
     summary = TrainSummary(
