@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZES = (128, 160, 224)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # 32: five stride-2 stages leave 1 px; 1024: the recipe's own bound
 DEFAULT_CLASSES = 10  # outputs of a candidate without --data: the classifier is a sliver of any backbone's cost
+MAX_SECONDS = 600.0  # per candidate, as verify's --latency-seconds: a bench a person can wait for
 DEFAULT_SECONDS = 0.4  # per file: ~0.4-0.8 s with warm-up, enough for a stable p50 of a 1-50 ms model
 CALIBRATION_IMAGES = 8  # noise rows INT8 is calibrated on: the graph, not the ranges, sets the speed
 FEATURE_BATCH = 64
@@ -169,8 +171,10 @@ class BenchRequest:
             raise EdgetlError(f"--max-latency-ms must be > 0 (got {max_latency_ms})")
         if subset is not None and subset < 1:
             raise EdgetlError(f"--subset must be a positive number of train images (got {subset})")
-        if not seconds > 0:
-            raise EdgetlError(f"--seconds must be > 0 (got {seconds})")
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+            raise EdgetlError(f"--seconds must be > 0 and <= {MAX_SECONDS:g} per candidate (got {seconds})")
+        if max_latency_ms is not None and not math.isfinite(max_latency_ms):
+            raise EdgetlError(f"--max-latency-ms must be a finite number (got {max_latency_ms})")
         if data is not None and not _named_set(data) and not Path(data).expanduser().is_dir():
             raise EdgetlError(f"--data {data}: folder not found — pass a folder of class folders (or with train/ "
                               f"and val/ inside), or 'sample'")

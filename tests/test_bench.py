@@ -125,6 +125,7 @@ def test_no_recipe_when_nothing_is_within_the_budget(benched, tmp_path):
     (["-b", "resnet19"], "unknown backbone 'resnet19'.*did you mean 'resnet18'"),
     (["-s", "16"], "--image-size 16: an input size must be 32 to 1024 px"),
     (["--max-latency-ms", "0"], "--max-latency-ms must be > 0"),
+    (["--seconds", "inf"], "--seconds must be > 0 and <= 600"),  # it timed forever
     (["--data", "no/such/folder"], "--data no/such/folder: folder not found"),
     (["--num-classes", "3", "--data", "sample"], "--num-classes with --data: the data's classes set the outputs"),
 ])

@@ -159,7 +159,8 @@ def latency_table(report: VerifyReport) -> Table:
 def go_no_go_table(report: VerifyReport) -> Table:
     """Per fp16 / int8 file: does it pay here? (edgetl.verify.decide)"""
     threads = report.go_no_go[0]["threads"] if report.go_no_go else None
-    table = Table(title=f"edgetl verify · go/no-go vs fp32 (p50, batch 1, {threads} threads; accuracy on "
+    batch = report.go_no_go[0].get("batch", 1) if report.go_no_go else 1
+    table = Table(title=f"edgetl verify · go/no-go vs fp32 (p50, batch {batch}, {threads} threads; accuracy on "
                         f"{verify_images(report.inputs)})")
     for col in ("file", "precision", "speed-up", "size", "accuracy Δ", "top-1 agree", "decision", "why"):
         table.add_column(col, justify="right" if col in ("speed-up", "size", "accuracy Δ", "top-1 agree") else "left")

@@ -2,8 +2,9 @@
 
     rows = go_no_go(manifest, report, gate)   # [{"file": "model.int8.onnx", "decision": "ship", ...}]
 
-Each fp16 / int8 file is compared with the fp32 file of its format: speed-up (p50, batch 1, all threads),
-size ratio, accuracy change on the labelled verify images, top-1 agreement; then one word with the reason.
+Each fp16 / int8 file is compared with the fp32 file of its format: speed-up (p50 in the format's own runtime,
+batch 1 or a fixed-batch export's batch, all threads), size ratio, accuracy change on the labelled verify images,
+top-1 agreement; then one word with the reason.
 A file that fails its bars is "don't ship" (and verify fails). An INT8 file that passes but is not at least
 MIN_SPEEDUP faster is "don't ship" too, without failing verify: the fp32 file is exact and as fast (INT8 pays
 only where the CPU has fast integer kernels and the ops quantize; MobileNet-V3's hardswish and SE stay float).
@@ -22,9 +23,13 @@ MIN_SPEEDUP = 1.2  # below this an INT8 file's accuracy risk buys too little
 
 
 def go_no_go(manifest: Manifest, report: VerifyReport, gate: Gate) -> list[dict[str, Any]]:
-    single = [r for r in report.latency if r["batch"] == 1]
+    # batch 1, or the one batch a fixed-batch export was timed at; each file in its format's own runtime (with
+    # --runtime the same file is also timed in other engines, under the same file name)
+    batches = {r["batch"] for r in report.latency}
+    batch = 1 if 1 in batches or not batches else min(batches)
+    single = [r for r in report.latency if r["batch"] == batch]
     threads = max((r["threads"] for r in single), default=None)
-    p50 = {r["file"]: r["p50_ms"] for r in single if r["threads"] == threads}
+    p50 = {(r["runtime"], r["file"]): r["p50_ms"] for r in single if r["threads"] == threads}
     rows = []
     for artifact in manifest.artifacts:
         fmt = FORMATS.get(artifact.format)
@@ -32,9 +37,11 @@ def go_no_go(manifest: Manifest, report: VerifyReport, gate: Gate) -> list[dict[
             continue
         base = next((a for a in manifest.artifacts if a.file == fmt.file), None)
         parity = report.parity.get(artifact.file) or {}
-        speedup = p50[base.file] / p50[artifact.file] if base and base.file in p50 and artifact.file in p50 else None
+        mine, theirs = p50.get((artifact.format, artifact.file)), p50.get((artifact.format, base.file)) if base else None
+        speedup = theirs / mine if mine and theirs else None
         accuracy, reference = parity.get("accuracy"), parity.get("reference_accuracy")
         row = {"file": artifact.file, "precision": artifact.precision, "versus": fmt.file, "threads": threads,
+               "batch": batch,
                "speedup": speedup, "size_ratio": artifact.bytes / base.bytes if base else None,
                "accuracy_delta": None if accuracy is None or reference is None else accuracy - reference,
                "top1_agreement": parity.get("top1_agreement"), "images": parity.get("labelled"),

@@ -243,6 +243,27 @@ def test_the_go_no_go_says_how_many_images_the_accuracy_stands_on_and_where_expo
     assert reason.endswith("; export's guard held on 153 test images (+0.0 pt)")
 
 
+@pytest.mark.parametrize("batch", [1, 4])  # 4: a fixed-batch export, timed at its own batch only
+def test_the_go_no_go_speed_up_is_the_formats_own_runtime_at_the_timed_batch(batch):
+    from types import SimpleNamespace
+
+    from edgetl.compare.gate import Gate
+    from edgetl.verify.decide import go_no_go
+
+    def entry(file, precision):
+        return SimpleNamespace(format="onnx", file=file, precision=precision, bytes=100, quantization=None)
+
+    def timed(runtime, file, p50):
+        return {"runtime": runtime, "file": file, "batch": batch, "threads": 2, "p50_ms": p50}
+
+    manifest = SimpleNamespace(artifacts=[entry("model.onnx", "fp32"), entry("model.int8.onnx", "int8")])
+    report = SimpleNamespace(parity={}, inputs={}, latency=[
+        timed("eager", "best.pt", 20.0), timed("onnx", "model.onnx", 4.0), timed("onnx", "model.int8.onnx", 2.0),
+        timed("openvino", "model.onnx", 3.0), timed("openvino", "model.int8.onnx", 2.9)])  # --runtime openvino
+    [row] = go_no_go(manifest, report, Gate())
+    assert row["speedup"] == pytest.approx(2.0) and row["batch"] == batch
+
+
 def test_the_recipe_export_table_sets_what_run_exports(straight, tmp_path):
     from edgetl.pipeline import ExportRequest
     from edgetl.rundir import RunDir
