@@ -174,12 +174,8 @@ def remove_stale_temp_files(target: Path) -> list[Path]:
     """Remove the temp files `atomic_path(target)` made for a writer that was killed before its rename (a
     checkpoint's is as big as the checkpoint); return them. Only while holding the folder's lock, as
     `remove_stale_temp_dirs`; names are matched exactly (mkstemp's eight characters)."""
-    pattern = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
-    try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
-        return []
-    stale = [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    stale = [Path(e.path) for e in _named(target.parent, re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+             if e.is_file(follow_symlinks=False)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -187,13 +183,17 @@ def remove_stale_temp_files(target: Path) -> list[Path]:
 
 def stale_temp_dirs(beside: Path, *, prefix: str) -> list[Path]:
     """The folders `make_temp_dir(beside, prefix=prefix)` made, oldest first (see `remove_stale_temp_dirs`)."""
-    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
-    try:
-        entries = list(os.scandir(beside.parent))
-    except OSError:
-        return []  # the caller's own mkdir or write says why
-    found = [e for e in entries if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    found = [e for e in _named(beside.parent, re.escape(prefix) + r"[a-z0-9_]{8}") if e.is_dir(follow_symlinks=False)]
     return [Path(e.path) for e in sorted(found, key=lambda e: e.stat(follow_symlinks=False).st_mtime)]
+
+
+def _named(folder: Path, pattern: str) -> list[os.DirEntry]:
+    """`folder`'s entries whose whole name matches `pattern` (mkstemp / mkdtemp names); none if it cannot be read
+    (the caller's own mkdir or write says why)."""
+    try:
+        return [e for e in os.scandir(folder) if re.fullmatch(pattern, e.name)]
+    except OSError:
+        return []
 
 
 def folder_problem(folder: Path, e: OSError) -> str:

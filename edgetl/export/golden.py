@@ -49,10 +49,11 @@ def write_golden(folder: Path, artifacts: list[Written], crops: np.ndarray, *, m
     inputs = _save(folder / INPUTS_FILE, np.ascontiguousarray(crops, dtype=np.uint8))
     outputs = []
     for artifact in artifacts:
-        if FORMATS[artifact.format].missing():
+        missing = FORMATS[artifact.format].missing()
+        if missing:
             kept = _previous_output(artifact, inputs, previous, previous_dir, folder)
             if kept is None:
-                log.warning("no golden output for %s: %s", artifact.file, FORMATS[artifact.format].missing())
+                log.warning("no golden output for %s: %s", artifact.file, missing)
             else:
                 outputs.append(kept)
             continue

@@ -7,8 +7,8 @@ INT8 is static post-training quantization: `quant_pre_process` (shape inference 
 `quantize_static` in QDQ form, weights int8 per output channel, activations uint8 (or int8: on a 2-core AVX-512
 VNNI CPU uint8 ran ResNet-18 3.2x and Lite0 1.6x faster than fp32, where int8 activations were slower than fp32),
 the stem and classifier float (`boundary_nodes`; a device file's image and softmax ops too, `wrapper_nodes`);
-then the int8 conv weights are re-rounded to keep each layer's output close to fp32 (`edgetl.formats.onnx_rounding`). `reduce_range` is off (it exists for CPUs without VNNI and
-costs accuracy).
+then the int8 conv weights are re-rounded to keep each layer's output close to fp32 (`edgetl.formats.onnx_rounding`).
+`reduce_range` is off (it exists for CPUs without VNNI and costs accuracy).
 fp16 keeps fp32 inputs and outputs, so a device feeds the same tensor; it is for GPUs and NPUs, and a CPU
 usually runs it slower (verify reports it). Both files keep the fp32 file's metadata (labels, preprocessing).
 """
@@ -65,8 +65,9 @@ def _reader(x: np.ndarray, batch: int | None):
 def _fixed_batch(path: Path) -> int | None:
     import onnx
 
-    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") else None
+    from edgetl.formats.onnx_rounding import fixed_batch
+
+    return fixed_batch(onnx.load(str(path), load_external_data=False))
 
 
 def preprocessed(fp32: Path, folder: Path) -> Path:

@@ -98,6 +98,12 @@ def _patches(x: np.ndarray, conv: Conv, positions: int, rng: np.random.Generator
     return cols.reshape(c, kh * kw, -1)
 
 
+def fixed_batch(model) -> int | None:
+    """The batch an ONNX model's input fixes; None for a dynamic one."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
 def feed_batches(x: np.ndarray, fixed: int | None, *, size: int = BATCH) -> list[np.ndarray]:
     """`x` in the batches a file takes: `size` rows at a time, or exactly `fixed` for a fixed-batch file (a short
     tail dropped; fewer rows than one batch are repeated to fill it, which leaves ranges and statistics as they are)."""
@@ -126,9 +132,7 @@ def layer_statistics(pre: Path, x: np.ndarray, *, positions: int = POSITIONS, se
     rng = np.random.default_rng(seed)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    for batch in feed_batches(x, dim.dim_value if dim.HasField("dim_value") else None):  # float32 NCHW, or a
-        # device-input file's uint8 NHWC
+    for batch in feed_batches(x, fixed_batch(model)):  # float32 NCHW, or a device-input file's uint8 NHWC
         acts = dict(zip(wanted, session.run(wanted, {graph_input: batch}), strict=True))
         acts[graph_input] = batch
         for conv in convs:
